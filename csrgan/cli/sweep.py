@@ -1,0 +1,118 @@
+"""``csrgan sweep FILE``: validate, run (or resume) the sweep, print the ablation table."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from csrgan.cli.common import EXIT_CONFIG, fail, user_errors
+
+EXIT_INCOMPLETE = 3  # the sweep stopped with unfinished trials (Ctrl-C, driver lost): resume it
+
+
+def sweep(
+    config: Annotated[Path, typer.Argument(help="experiment YAML, e.g. experiments/quickstart.yaml")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="dotted override, typed by the schema: sr.mix_prob=0.5")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue an interrupted sweep: finished trials are kept")
+    ] = False,
+    address: Annotated[
+        str | None,
+        typer.Option(help="join a Ray cluster (auto | HOST:6379 | ray://HOST:10001); default: embedded"),
+    ] = None,
+    storage: Annotated[
+        str | None, typer.Option(help="results/stages root (overrides the file's `storage`)")
+    ] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option(help="embedded Ray only: CPUs to use (default: all)")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="validate and print the trial plan; start nothing")] = False,
+) -> None:
+    """Run a sweep from an experiment file on Ray Tune (+ Optuna), with results in Parquet.
+
+    The CycleGAN stage is trained once per distinct CycleGAN config and SRResNet pre-training once per
+    distinct pre-training config; both are reused by later trials and sweeps under the same storage.
+    """
+    with user_errors():
+        from csrgan.config import load_config
+        from csrgan.data.layout import resolve_data
+
+        cfg = load_config(config, set_ or [])
+        if storage:
+            cfg = cfg.model_copy(update={"storage": storage})
+        if dry_run:
+            _print_plan(cfg)
+            return
+        cfg = resolve_data(cfg)
+
+    from csrgan.sweep.driver import SweepError, run_sweep
+
+    try:
+        outcome = run_sweep(
+            cfg, resume=resume, address=address, storage=storage, num_cpus=num_cpus, echo=typer.echo
+        )
+    except SweepError as exc:
+        fail(str(exc), EXIT_CONFIG)
+
+    _print_summary(cfg, outcome.results_dir)
+    t = outcome.timing
+    if t.get("train_s"):
+        typer.echo(
+            f"\nwall {t['wall_s']:.0f} s; trainers ran {t['train_s']:.0f} s in total "
+            f"(details in {outcome.results_dir / '_sweep.json'})"
+        )
+    if not outcome.complete:
+        cmd = " ".join(shlex.quote(a) for a in ["csrgan", "sweep", str(config), *_set_args(set_), "--resume"])
+        typer.echo(
+            f"\nsweep interrupted: {len(outcome.unfinished)} trial(s) unfinished. Resume with:\n  {cmd}",
+            err=True,
+        )
+        raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def _set_args(items: list[str] | None) -> list[str]:
+    return [x for item in (items or []) for x in ("--set", item)]
+
+
+def _print_plan(cfg) -> None:  # noqa: ANN001
+    from csrgan.sweep.driver import plan_trials
+
+    trials = plan_trials(cfg)
+    s = cfg.search
+    typer.echo(
+        f"sweep {cfg.name}: method {s.method if s else 'single run'}, metric {s.metric.name if s else '-'}"
+    )
+    if s is not None and s.method == "optuna":
+        typer.echo(
+            f"  {s.num_samples} Optuna TPE trial(s) over {', '.join(s.parameters)} (seed {s.seeds[0]})"
+        )
+    for t in trials:
+        typer.echo(f"  {t.label()}")
+
+
+def _print_summary(cfg, results_dir: Path) -> None:  # noqa: ANN001
+    from csrgan.results import format_summary, read_results, summarize
+
+    try:
+        df = read_results(results_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"no results to summarise: {exc}", err=True)
+        return
+    by = list(cfg.search.parameters) if cfg.search and cfg.search.parameters else []
+    if not by:
+        typer.echo(df.to_string())
+        return
+    table = summarize(df, by=by, which="final")
+    typer.echo(f"\nAblation ({cfg.name}): final step per trial, mean ± std over seeds\n")
+    typer.echo(format_summary(table, "markdown"))
+    typer.echo(
+        "\nNote: short CPU runs move PSNR by tenths of a dB, close to seed noise: "
+        "read the spread, not the order."
+    )
+    sys.stdout.flush()

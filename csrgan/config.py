@@ -1,0 +1,485 @@
+"""The experiment file: schema, loading, dotted overrides and the hashes that key stage reuse.
+
+One YAML file describes data, the CycleGAN stage, the SRGAN stage, evaluation, resources and the search.
+Every section is a pydantic model with ``extra="forbid"``: a typo is an error that names the field, not a
+silently ignored key. YAML is read with ``yaml.safe_load``; ``--set a.b=c`` overrides are parsed as YAML
+scalars (never ``eval``) and then validated by the same schema, so they are typed like the file.
+
+Paper symbols: ``sr.mix_prob`` is the report's *p* (probability that a training LR is the CycleGAN's
+real-like G(bicubic LR) instead of the bicubic LR); ``cyclegan.lambda_cycle`` is λ in Zhu et al.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0.0)]
+NonNegFloat = Annotated[float, Field(ge=0.0)]
+
+
+class Strict(BaseModel):
+    """Base for every section: unknown keys are errors; assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------------- data
+class TestSetConfig(Strict):
+    """One evaluation set. ``hr`` may be omitted for no-reference sets (then only the LR is used).
+
+    Metric keys are prefixed with ``name`` (``bicubic/psnr``), mmagic-style.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    hr: str | None = None
+    lr: str | None = None
+    degradation: Literal["bicubic", "real"] = Field(
+        default="bicubic",
+        description="what made `lr`: 'real' sets (HR + real LR) also score the CycleGAN (report Table 2)",
+    )
+    max_images: PosInt | None = None
+
+    @model_validator(mode="after")
+    def _needs_images(self) -> TestSetConfig:
+        if self.hr is None and self.lr is None:
+            raise ValueError("a test set needs `hr` (with optional `lr`) or `lr`")
+        return self
+
+
+class DemoDataConfig(Strict):
+    """Build the offline demo set (images bundled with scikit-image) at ``dir`` if it is not there."""
+
+    dir: str = ".demo-data"
+    seed: NonNegInt = 0
+
+
+class DataConfig(Strict):
+    demo: DemoDataConfig | None = Field(
+        default=None, description="use the bundled demo set; paths below default to its layout"
+    )
+    train_hr: str | None = None
+    train_lr: str | None = Field(default=None, description="paired LR for train_hr; default: MATLAB bicubic")
+    real_lr: str | None = Field(default=None, description="unpaired real-LR domain Y for the CycleGAN")
+    scale: Literal[2, 4, 8] = 4
+    cache: bool = Field(default=True, description="keep decoded training images in memory")
+    test_sets: list[TestSetConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _paths_or_demo(self) -> DataConfig:
+        if self.demo is None and self.train_hr is None:
+            raise ValueError("set `data.train_hr` (an HR image folder) or `data.demo`")
+        names = [t.name for t in self.test_sets]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"test set names must be unique; repeated: {dupes}")
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- cyclegan
+class CycleGANModelConfig(Strict):
+    ngf: PosInt = 64
+    n_blocks: PosInt = 9
+    ndf: PosInt = 64
+    n_layers_d: PosInt = 3
+
+
+class CycleGANConfig(Strict):
+    """Stage 1: learn G: X (bicubic LR) -> Y (real LR) from unpaired patches (Zhu et al. 2017)."""
+
+    model: CycleGANModelConfig = CycleGANModelConfig()
+    iters: PosInt = 20_000
+    decay_start: NonNegInt | None = Field(
+        default=None, description="iteration where linear LR decay to 0 starts; default iters // 2"
+    )
+    batch_size: PosInt = 1
+    patch_size: PosInt = Field(default=64, description="LR patch side (both domains)")
+    lr: PosFloat = 2e-4
+    beta1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
+    lambda_cycle: NonNegFloat = 10.0
+    lambda_identity: NonNegFloat = Field(default=0.5, description="× lambda_cycle (junyanz convention)")
+    pool_size: NonNegInt = 50
+    eval_every: PosInt = 1000
+    checkpoint_every: PosInt = 1000
+
+    @model_validator(mode="after")
+    def _decay(self) -> CycleGANConfig:
+        if self.decay_start is not None and self.decay_start > self.iters:
+            raise ValueError(f"decay_start ({self.decay_start}) must be <= iters ({self.iters})")
+        return self
+
+
+# -------------------------------------------------------------------------------------------------- srgan
+class SRModelConfig(Strict):
+    channels: PosInt = 64
+    n_blocks: PosInt = 16
+    global_bicubic_skip: bool = False
+    d_channels: PosInt = 64
+
+
+class PretrainConfig(Strict):
+    """Stage A: SRResNet with a pixel loss. ``iters: 0`` skips it."""
+
+    iters: NonNegInt = 100_000
+    lr: PosFloat = 1e-4
+    loss: Literal["mse", "l1"] = "mse"
+
+
+class ContentLossConfig(Strict):
+    type: Literal["vgg", "mse", "l1"] = "vgg"
+    layer: str = Field(default="relu5_4", description="VGG19 layer (paper: φ5,4 after ReLU)")
+    feature_scale: PosFloat = Field(default=1.0, description="SRGAN paper rescaled VGG features by 1/12.75")
+    weight: NonNegFloat = 1.0
+
+
+class GANStageConfig(Strict):
+    """Stage B: SRGAN with content + adversarial loss (Ledig et al. 2017)."""
+
+    iters: NonNegInt = 100_000
+    lr: PosFloat = 1e-4
+    content: ContentLossConfig = ContentLossConfig()
+    adv_weight: NonNegFloat = 1e-3
+    pixel_weight: NonNegFloat = 0.0
+    gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
+
+
+class SRGANConfig(Strict):
+    """Stage 2: SRGAN x``data.scale`` trained on HR paired with real-like LR w.p. ``mix_prob``."""
+
+    model: SRModelConfig = SRModelConfig()
+    mix_prob: Prob = Field(default=1.0, description="p: chance a training LR is G(bicubic LR); 0 = SRGAN")
+    pretrain: PretrainConfig = PretrainConfig()
+    gan: GANStageConfig = GANStageConfig()
+    batch_size: PosInt = 16
+    patch_size: PosInt = Field(default=96, description="HR patch side; must be a multiple of the scale")
+    eval_every: PosInt = 1000
+    checkpoint_every: PosInt = 1000
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+class LPIPSConfig(Strict):
+    net: Literal["alex", "vgg"] = "alex"
+    source: str | None = Field(default=None, description="path to the backbone weights file")
+    random_backbone: bool = Field(
+        default=False, description="explicitly use a random backbone (recorded in every result row)"
+    )
+    optional: bool = Field(
+        default=False,
+        description="missing weights leave the LPIPS column empty (said once, loudly) instead of failing",
+    )
+
+
+class EvalConfig(Strict):
+    metrics: list[Literal["psnr", "ssim", "lpips"]] = ["psnr", "ssim", "lpips"]
+    lpips: LPIPSConfig = LPIPSConfig()
+    tile: NonNegInt = Field(default=0, description="tile side for large images (0 = whole image)")
+    grid_images: NonNegInt = Field(default=2, description="images per LR/SR/HR comparison PNG")
+
+
+class WeightsConfig(Strict):
+    vgg19: str | None = Field(default=None, description="path to vgg19-dcbb9e9d.pth (default: torch cache)")
+    random_vgg: bool = Field(default=False, description="explicitly use a random VGG19 (recorded)")
+
+
+# -------------------------------------------------------------------------------------------- resources
+class ResourcesConfig(Strict):
+    workers: PosInt = Field(default=1, description="Ray Train workers per trial (DDP)")
+    cpus_per_worker: PosFloat = 1.0
+    gpus_per_worker: NonNegFloat = 0.0
+    max_concurrent_trials: PosInt | None = None
+    amp: bool = Field(default=False, description="bf16 autocast (GPU only)")
+    channels_last: bool = False
+    threads_per_worker: PosInt | None = Field(default=None, description="torch.set_num_threads per worker")
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _whole_gpus(cls, v: float) -> float:
+        # Fractional GPUs with multi-worker DDP make NCCL fail ("Duplicate GPU"): whole GPUs only.
+        if v not in (0.0,) and v != int(v):
+            raise ValueError("gpus_per_worker must be a whole number (fractional GPUs break NCCL DDP)")
+        return v
+
+
+# ----------------------------------------------------------------------------------------------- search
+class ParamSpec(Strict):
+    """One searched parameter (W&B-sweep-like). Exactly one of the forms must be given."""
+
+    values: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    log_uniform: tuple[PosFloat, PosFloat] | None = None
+    int_uniform: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ParamSpec:
+        forms = [
+            k for k in ("values", "uniform", "log_uniform", "int_uniform") if getattr(self, k) is not None
+        ]
+        if len(forms) != 1:
+            raise ValueError(
+                "give exactly one of values / uniform / log_uniform / int_uniform"
+                + (f" (got {forms})" if forms else "")
+            )
+        rng = getattr(self, forms[0])
+        if forms[0] == "values" and not rng:
+            raise ValueError("values must not be empty")
+        if forms[0] != "values" and not rng[0] < rng[1]:
+            raise ValueError(f"{forms[0]} needs [low, high] with low < high, got {list(rng)}")
+        return self
+
+
+class MetricSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+/(psnr|ssim|lpips)$", description="<testset>/<metric>")
+    goal: Literal["maximize", "minimize"] = "maximize"
+
+
+class ASHAConfig(Strict):
+    """Asynchronous successive halving on the GAN-phase step (iterations, not reports)."""
+
+    type: Literal["asha"] = "asha"
+    grace_period: PosInt | None = Field(default=None, description="iterations; default sr.eval_every")
+    reduction_factor: Annotated[float, Field(gt=1.0)] = 3.0
+    max_t: PosInt | None = Field(default=None, description="iterations; default sr.gan.iters")
+
+
+class FIFOConfig(Strict):
+    type: Literal["fifo"] = "fifo"
+
+
+class SearchConfig(Strict):
+    method: Literal["grid", "random", "optuna"] = "grid"
+    metric: MetricSpec
+    parameters: dict[str, ParamSpec] = Field(default_factory=dict)
+    seeds: list[NonNegInt] = Field(default_factory=lambda: [0])
+    num_samples: PosInt = Field(default=1, description="random/optuna: configurations to try")
+    scheduler: FIFOConfig | ASHAConfig = Field(default_factory=FIFOConfig, discriminator="type")
+    sampler_seed: NonNegInt = 0
+
+    @model_validator(mode="after")
+    def _grid_needs_values(self) -> SearchConfig:
+        if self.method == "grid":
+            bad = [k for k, p in self.parameters.items() if p.values is None]
+            if bad:
+                raise ValueError(f"method grid needs `values` lists; not for: {bad}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be distinct")
+        if self.method == "optuna" and len(self.seeds) != 1:
+            raise ValueError(
+                "method optuna takes one seed (TPE would model seed noise as signal); "
+                "re-run the best configurations over seeds with a grid sweep"
+            )
+        if self.method == "grid" and self.num_samples != 1:
+            raise ValueError("num_samples applies to random/optuna; a grid runs every combination × seeds")
+        return self
+
+
+# ------------------------------------------------------------------------------------------- experiment
+class ExperimentConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: NonNegInt = 0
+    storage: str = Field(default="results", description="folder or s3:// / gs:// URI for results")
+    data: DataConfig
+    cyclegan: CycleGANConfig = CycleGANConfig()
+    sr: SRGANConfig = SRGANConfig()
+    eval: EvalConfig = EvalConfig()
+    weights: WeightsConfig = WeightsConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    search: SearchConfig | None = None
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ExperimentConfig:
+        if self.sr.patch_size % self.data.scale:
+            raise ValueError(
+                f"sr.patch_size ({self.sr.patch_size}) must be a multiple of data.scale ({self.data.scale})"
+            )
+        if self.search is not None:
+            for key in self.search.parameters:
+                _check_path_exists(self, key)
+            test_names = {t.name for t in self.data.test_sets} | (
+                {"bicubic", "unknown"} if self.data.demo is not None and not self.data.test_sets else set()
+            )
+            metric_set = self.search.metric.name.split("/")[0]
+            if test_names and metric_set not in test_names:
+                raise ValueError(
+                    f"search.metric.name {self.search.metric.name!r}: no test set {metric_set!r} "
+                    f"(have: {sorted(test_names)})"
+                )
+        return self
+
+
+# -------------------------------------------------------------------------------------------- loading
+class ConfigError(ValueError):
+    """A config problem, already formatted for users: file, field path, what was expected."""
+
+
+def _check_path_exists(cfg: BaseModel, dotted: str) -> None:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if isinstance(node, BaseModel) and part in type(node).model_fields:
+            node = getattr(node, part)
+        else:
+            raise ValueError(f"search.parameters: {dotted!r} is not a config field (no {part!r})")
+    if isinstance(node, BaseModel):
+        raise ValueError(f"search.parameters: {dotted!r} is a section, not a value")
+
+
+_FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"sr.gan.adv_weight=5e-3"`` -> ``("sr.gan.adv_weight", 0.005)``; the value is a YAML scalar/list."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. sr.mix_prob=0.5")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {item!r}: bad key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+    # YAML 1.1 reads "5e-3" as a string; accept it as the float users mean.
+    if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+        value = float(value)
+    return key, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a plain dict (creating sections as needed). Validation happens afterwards."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, value = parse_override(item)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: invalid experiment config ({exc.error_count()} problem(s))"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        lines.append(f"  - {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def validate_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+
+
+def load_raw(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: file is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, override, validate. Raises :class:`ConfigError` with a complete user-facing message."""
+    raw = apply_overrides(load_raw(path), overrides or [])
+    return validate_config(raw, source=str(path))
+
+
+def with_params(cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
+    """A copy of ``cfg`` with dotted parameters set (a sweep trial's config), validated again."""
+    raw = cfg.model_dump(mode="json")
+    for key, value in params.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return validate_config(raw, source=f"{cfg.name} with {params}")
+
+
+def get_dotted(cfg: BaseModel, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+# -------------------------------------------------------------------------------------------- hashing
+def stable_hash(obj: Any, length: int = 12) -> str:
+    """Hash of a JSON-able object, independent of key order."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    return stable_hash(cfg.model_dump(mode="json"))
+
+
+def cyclegan_stage_key(cfg: ExperimentConfig) -> str:
+    """Everything that changes the CycleGAN stage's result, and nothing else (so SR trials reuse it)."""
+    d = cfg.data
+    return stable_hash(
+        {
+            "stage": "cyclegan-v1",
+            "seed": cfg.seed,
+            "data": {
+                "demo": d.demo and d.demo.model_dump(),
+                "train_hr": d.train_hr,
+                "real_lr": d.real_lr,
+                "scale": d.scale,
+            },
+            "cyclegan": cfg.cyclegan.model_dump(mode="json", exclude={"eval_every", "checkpoint_every"}),
+            "workers": cfg.resources.workers,
+        }
+    )
+
+
+def pretrain_stage_key(cfg: ExperimentConfig) -> str:
+    """Everything that changes SRResNet pre-training (stage A). ``mix_prob`` is included: the LR source
+    already matters in pre-training; with p=0 the CycleGAN is not an input."""
+    d = cfg.data
+    cg = cyclegan_stage_key(cfg) if cfg.sr.mix_prob > 0 else None
+    return stable_hash(
+        {
+            "stage": "pretrain-v1",
+            "seed": cfg.seed,
+            "data": {
+                "demo": d.demo and d.demo.model_dump(),
+                "train_hr": d.train_hr,
+                "train_lr": d.train_lr,
+                "scale": d.scale,
+            },
+            "cyclegan": cg,
+            "mix_prob": cfg.sr.mix_prob,
+            "model": cfg.sr.model.model_dump(mode="json"),
+            "pretrain": cfg.sr.pretrain.model_dump(mode="json"),
+            "batch_size": cfg.sr.batch_size,
+            "patch_size": cfg.sr.patch_size,
+            "workers": cfg.resources.workers,
+        }
+    )

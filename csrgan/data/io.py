@@ -1,0 +1,77 @@
+"""Image I/O and the two image conventions used across csrgan.
+
+* Arrays on disk and in data pipelines: ``numpy.uint8``, shape ``(H, W, 3)``, RGB.
+  Grayscale files are expanded to 3 channels; alpha is dropped.
+* Tensors in models: ``torch.float32`` in ``[0, 1]``, shape ``(N, 3, H, W)``, RGB.
+
+Every read error names the file: a corrupt image in a 800-image folder must be findable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageReadError(OSError):
+    """An image file that is missing, unreadable or corrupt. The message names the file."""
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Sorted image files directly inside ``folder`` (by name). Raises if the folder is missing or empty."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as uint8 RGB ``(H, W, 3)``. Corrupt/unreadable files raise ``ImageReadError``."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            return np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise ImageReadError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+
+
+def write_image(path: str | Path, img: np.ndarray) -> None:
+    """Write a uint8 RGB ``(H, W, 3)`` array (PNG is lossless; the suffix picks the format)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if img.dtype != np.uint8:
+        raise TypeError(f"write_image expects uint8, got {img.dtype}")
+    Image.fromarray(img).save(path)
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """uint8 ``(H, W, 3)`` or ``(N, H, W, 3)`` -> float32 ``(N, 3, H, W)`` in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(img))
+    if t.ndim == 3:
+        t = t.unsqueeze(0)
+    return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def to_uint8(t: torch.Tensor) -> np.ndarray:
+    """float ``(N, 3, H, W)`` / ``(3, H, W)`` in [0, 1] -> uint8 ``(N, H, W, 3)`` / ``(H, W, 3)``.
+
+    Rounds half away from zero after clamping, as MATLAB's ``im2uint8`` does: SR outputs are
+    quantised exactly like this before any metric is computed (protocol: "uint8 rounding").
+    """
+    x = t.detach().float().clamp(0, 1).mul(255.0).add_(0.5).floor_().to(torch.uint8)
+    if x.ndim == 4:
+        return x.permute(0, 2, 3, 1).cpu().numpy()
+    return x.permute(1, 2, 0).cpu().numpy()

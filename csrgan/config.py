@@ -95,8 +95,13 @@ class CycleGANModelConfig(Strict):
 
 
 class CycleGANConfig(Strict):
-    """Stage 1: learn G: X (bicubic LR) -> Y (real LR) from unpaired patches (Zhu et al. 2017)."""
+    """Stage 1: learn G: X (bicubic LR) -> Y (real LR) from unpaired patches (Zhu et al. 2017).
 
+    ``seed`` is the stage's own seed, separate from the experiment ``seed``: a sweep's ``seeds`` repeat
+    SR training over one shared CycleGAN (sweep ``cyclegan.seed`` to measure CycleGAN seed noise).
+    """
+
+    seed: NonNegInt = 0
     model: CycleGANModelConfig = CycleGANModelConfig()
     iters: PosInt = 20_000
     decay_start: NonNegInt | None = Field(
@@ -384,9 +389,39 @@ def validate_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
     try:
-        return ExperimentConfig.model_validate(raw)
+        cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, exc)) from None
+    _check_search_values(cfg, source)
+    return cfg
+
+
+def _check_search_values(cfg: ExperimentConfig, source: str) -> None:
+    """Every value a search can give (each listed value, each range end) must pass the field's own schema,
+    so ``sr.mix_prob: {values: [0, 1.5]}`` fails at load time, not inside a trial."""
+    if cfg.search is None:
+        return
+    base = cfg.model_dump(mode="json", exclude={"search"})
+    problems: list[str] = []
+    for name, spec in cfg.search.parameters.items():
+        for form in ("values", "uniform", "log_uniform", "int_uniform"):
+            candidates = getattr(spec, form)
+            for i, value in enumerate(candidates or []):
+                trial = copy.deepcopy(base)
+                node = trial
+                *parents, leaf = name.split(".")
+                for p in parents:
+                    node = node[p]
+                node[leaf] = value
+                try:
+                    ExperimentConfig.model_validate(trial)
+                except ValidationError as exc:
+                    msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                    problems.append(f"  - search.parameters.{name}.{form}[{i}]: {msg} (got {value!r})")
+    if problems:
+        raise ConfigError(
+            f"{source}: invalid experiment config ({len(problems)} problem(s))\n" + "\n".join(problems)
+        )
 
 
 def load_raw(path: str | Path) -> dict[str, Any]:
@@ -446,7 +481,6 @@ def cyclegan_stage_key(cfg: ExperimentConfig) -> str:
     return stable_hash(
         {
             "stage": "cyclegan-v1",
-            "seed": cfg.seed,
             "data": {
                 "demo": d.demo and d.demo.model_dump(),
                 "train_hr": d.train_hr,

@@ -44,12 +44,16 @@ def evaluate_folder(
         raise ValueError(f"test set {test_set.name!r} has no HR images: full-reference metrics need them")
     wanted = [m for m in metrics if m != "lpips" or lpips is not None]
     images: list[dict[str, Any]] = []
-    for name, lr, hr in test_set:
+    for i, (name, lr, hr) in enumerate(test_set):
         assert hr is not None
         sr = upscale(lr)
         if sr.shape != hr.shape:
             raise ValueError(f"{name}: SR is {sr.shape} but HR is {hr.shape} (scale {test_set.scale})")
-        row: dict[str, Any] = {"name": name, **evaluate_image(sr, hr, test_set.scale, wanted, lpips)}
+        gray = test_set.hr_is_gray(i)
+        row: dict[str, Any] = {
+            "name": name,
+            **evaluate_image(sr, hr, test_set.scale, wanted, lpips, gray=gray),
+        }
         for m in metrics:
             row.setdefault(m, None)
         images.append(row)

@@ -41,6 +41,7 @@ __all__ = [
     "psnr",
     "ssim",
     "evaluate_image",
+    "gray_pair",
 ]
 
 
@@ -80,7 +81,10 @@ PROTOCOL = MetricProtocol(
     y_coefficients=(65.481, 128.553, 24.966),
     y_offset=16.0,
     y_rounding="round half up to integer (MATLAB rgb2ycbcr on uint8)",
-    gray_rule="(H, W) input is luma, used unchanged; (H, W, 3) always goes through the Y formula",
+    gray_rule=(
+        "(H, W) input is luma, used unchanged; (H, W, 3) always goes through the Y formula; an HR read "
+        "from a single-channel file is scored as grey (gray_pair: SR reduced by the channel mean)"
+    ),
     sr_quantisation="SR rounded half up to uint8 before any metric (csrgan.data.io.to_uint8)",
     crop_rule="crop_border = scale pixels removed from every side",
     data_range=255.0,
@@ -260,18 +264,33 @@ def _to_rgb_tensor(img: np.ndarray) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 # One image
 # --------------------------------------------------------------------------------------------------
+def gray_pair(sr: np.ndarray, hr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """SR and HR as 2-D grey images, for an HR that was a single-channel file (``PROTOCOL.gray_rule``).
+
+    The HR's grey value is its luma (the MATLAB scripts never call ``rgb2ycbcr`` on a 1-channel file);
+    an RGB SR is reduced to grey by the channel mean, rounded half up. For bicubic of a grey image all
+    channels are equal, so this is exactly the MATLAB grey pipeline (Set14 ``bridge``).
+    """
+    hr2 = hr if hr.ndim == 2 else hr[..., 0]
+    if sr.ndim == 2:
+        return sr, hr2
+    return np.floor(sr.astype(np.float64).mean(axis=2) + 0.5).astype(np.uint8), hr2
+
+
 def evaluate_image(
     sr: np.ndarray,
     hr: np.ndarray,
     scale: int,
     metrics: Sequence[str] = ("psnr", "ssim"),
     lpips: LPIPSMetric | None = None,
+    gray: bool = False,
 ) -> dict[str, float]:
     """Score one uint8 SR image against its uint8 HR with the protocol (``crop_border = scale``).
 
     Returns ``{name: value}`` for the requested ``metrics`` (any of ``psnr``, ``ssim``, ``lpips``).
     ``lpips`` needs an :class:`LPIPSMetric`; it is computed on the full RGB images (grayscale repeated
-    to 3 channels), cropped by the same border as PSNR/SSIM.
+    to 3 channels), cropped by the same border as PSNR/SSIM. ``gray=True`` says the HR came from a
+    single-channel file: PSNR/SSIM then use :func:`gray_pair` instead of the Y formula.
     """
     if isinstance(metrics, str):
         raise TypeError(f"metrics must be a sequence of names, e.g. ({metrics!r},), not a string")
@@ -283,12 +302,13 @@ def evaluate_image(
     if "lpips" in metrics and lpips is None:
         raise ValueError("metric 'lpips' requested but no LPIPSMetric given (pass lpips=LPIPSMetric(...))")
     crop = int(scale)  # PROTOCOL.crop_rule
+    ysr, yhr = gray_pair(sr, hr) if gray else (sr, hr)
     result: dict[str, float] = {}
     for name in metrics:
         if name == "psnr":
-            result["psnr"] = psnr(sr, hr, crop)
+            result["psnr"] = psnr(ysr, yhr, crop)
         elif name == "ssim":
-            result["ssim"] = ssim(sr, hr, crop)
+            result["ssim"] = ssim(ysr, yhr, crop)
         else:
             _y_pair(sr, hr, crop)  # same validation as PSNR/SSIM
             assert lpips is not None

@@ -624,11 +624,13 @@ def _choose_phase(df: pd.DataFrame, phase: str | None) -> str:
         if phase not in phases:
             raise ResultsError(f"no rows with phase {phase!r}; phases: {phases}")
         return phase
-    if len(phases) != 1:
-        raise ResultsError(
-            f"the results hold several phases {phases} whose steps are not comparable: choose one (--phase)"
-        )
-    return phases[0]
+    if len(phases) == 1:
+        return phases[0]
+    if "gan" in phases:  # a sweep trial's own phase; pre-training rows are shared-stage context
+        return "gan"
+    raise ResultsError(
+        f"the results hold several phases {phases} whose steps are not comparable: choose one (--phase)"
+    )
 
 
 def summarize(

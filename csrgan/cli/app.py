@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from csrgan.cli import data, evaluate, results, sweep, weights
+from csrgan.cli import data, evaluate, jobs, results, submit, sweep, train, upscale, weights
 
 app = typer.Typer(
     name="csrgan",
@@ -17,10 +17,14 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data.app, name="data")
+app.add_typer(train.app, name="train")
 app.add_typer(weights.app, name="weights")
 app.add_typer(results.app, name="results")
 app.command("evaluate")(evaluate.evaluate)
 app.command("sweep")(sweep.sweep)
+app.command("upscale")(upscale.upscale)
+app.command("submit")(submit.submit)
+app.add_typer(jobs.app, name="jobs")
 
 
 def main() -> None:

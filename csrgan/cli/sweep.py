@@ -61,6 +61,11 @@ def sweep(
         fail(str(exc), EXIT_CONFIG)
 
     _print_summary(cfg, outcome.results_dir)
+    if outcome.baseline:
+        typer.echo(
+            "bicubic baseline (MATLAB bicubic, same protocol): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in sorted(outcome.baseline.items()))
+        )
     t = outcome.timing
     if t.get("train_s"):
         typer.echo(

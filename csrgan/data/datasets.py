@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from csrgan.data.io import list_images, read_image, to_tensor
+from csrgan.data.io import is_grayscale_file, list_images, read_image, to_tensor
 from csrgan.data.resize import imresize, modcrop
 
 __all__ = [
@@ -354,6 +354,10 @@ class TestSet:
     def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
         for i in range(len(self)):
             yield self[i]
+
+    def hr_is_gray(self, index: int) -> bool:
+        """Whether image ``index``'s HR file is single-channel (scored as grey: ``metrics.gray_pair``)."""
+        return self.hr_paths is not None and is_grayscale_file(self.hr_paths[index])
 
     def __repr__(self) -> str:
         if self.has_hr:

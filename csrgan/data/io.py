@@ -48,6 +48,19 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 
 
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def is_grayscale_file(path: str | Path) -> bool:
+    """True for single-channel image files (PIL modes 1/L/LA/I/F): the metric protocol scores those as
+    grey, the way the MATLAB benchmark scripts do (e.g. Set14 ``bridge``)."""
+    try:
+        with Image.open(path) as im:
+            return im.mode in GRAY_MODES
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+
+
 def write_image(path: str | Path, img: np.ndarray) -> None:
     """Write a uint8 RGB ``(H, W, 3)`` array (PNG is lossless; the suffix picks the format)."""
     path = Path(path)

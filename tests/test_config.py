@@ -1,0 +1,668 @@
+"""Spec of the experiment file (csrgan.config) and of ``csrgan sweep`` refusing a bad one.
+
+Issue requirement: "a wrong config names the field and exits non-zero before anything starts" -- unknown
+keys, wrong types and out-of-range values give exit code 2 with the file, the field path and what was
+expected, before Ray starts or anything is written. The corpus below starts from one valid, tiny base
+config and breaks it in one way per case.
+
+Also specified here: ``--set`` overrides are YAML scalars typed by the schema (never ``eval``), YAML is
+read with ``safe_load``, and the hashes that key stage reuse depend on exactly what they should.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from typer.testing import CliRunner
+
+from csrgan.cli.app import app
+from csrgan.config import (
+    ConfigError,
+    ExperimentConfig,
+    config_hash,
+    cyclegan_stage_key,
+    load_config,
+    parse_override,
+    pretrain_stage_key,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+SHIPPED = ("quickstart.yaml", "mix_prob.yaml", "loss_weights.yaml")
+
+runner = CliRunner()
+
+
+# ------------------------------------------------------------------------------------------ the base
+def base_config(tmp: Path) -> dict[str, Any]:
+    """A valid experiment: demo data and storage in ``tmp`` (neither exists yet), tiny models."""
+    return {
+        "name": "cfgtest",
+        "seed": 0,
+        "storage": str(tmp / "storage"),
+        "data": {"demo": {"dir": str(tmp / "demo"), "seed": 0}, "scale": 4},
+        "cyclegan": {
+            "model": {"ngf": 4, "n_blocks": 1, "ndf": 4, "n_layers_d": 1},
+            "iters": 2,
+            "batch_size": 1,
+            "patch_size": 8,
+            "eval_every": 1,
+            "checkpoint_every": 1,
+        },
+        "sr": {
+            "model": {"channels": 4, "n_blocks": 1, "d_channels": 4},
+            "mix_prob": 1.0,
+            "pretrain": {"iters": 1},
+            "gan": {"iters": 2, "content": {"type": "mse"}, "adv_weight": 1.0e-3},
+            "batch_size": 1,
+            "patch_size": 16,
+            "eval_every": 1,
+            "checkpoint_every": 1,
+        },
+        "eval": {"metrics": ["psnr", "ssim"]},
+        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "search": {
+            "method": "grid",
+            "metric": {"name": "unknown/psnr", "goal": "maximize"},
+            "parameters": {"sr.mix_prob": {"values": [0.0, 1.0]}},
+            "seeds": [0],
+        },
+    }
+
+
+def write_yaml(path: Path, obj: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(obj, sort_keys=False))
+    return path
+
+
+def _set(dotted: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A mutation that sets ``dotted`` (creating sections) in the raw dict."""
+
+    def mutate(d: dict[str, Any]) -> None:
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            d = d.setdefault(p, {})
+        d[leaf] = value
+
+    return mutate
+
+
+def _drop(dotted: str) -> Callable[[dict[str, Any]], None]:
+    def mutate(d: dict[str, Any]) -> None:
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            d = d[p]
+        del d[leaf]
+
+    return mutate
+
+
+def _param(name: str, spec: dict[str, Any], method: str | None = None) -> Callable[[dict[str, Any]], None]:
+    """Replace the searched parameters by ``{name: spec}`` (optionally switching the method)."""
+
+    def mutate(d: dict[str, Any]) -> None:
+        d["search"]["parameters"] = {name: spec}
+        if method:
+            d["search"]["method"] = method
+
+    return mutate
+
+
+def _both(*muts: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def mutate(d: dict[str, Any]) -> None:
+        for m in muts:
+            m(d)
+
+    return mutate
+
+
+# ---------------------------------------------------------------------------------------- the corpus
+@dataclass(frozen=True)
+class Case:
+    """One malformed config: a mutation of the base (or the raw file text), optional ``--set`` items,
+    and substrings the message must contain (the field path first, then what was expected)."""
+
+    id: str
+    expect: tuple[str, ...]
+    mutate: Callable[[dict[str, Any]], None] | None = None
+    text: str | None = None
+    sets: tuple[str, ...] = ()
+    names_file: bool = True  # --set syntax errors name the --set item instead of the file
+
+
+CASES = [
+    # unknown keys
+    Case("unknown-top-level-key", ("- colour:", "Extra inputs are not permitted"), _set("colour", "red")),
+    Case("unknown-nested-key", ("- sr.gan.foo:", "Extra inputs are not permitted"), _set("sr.gan.foo", 1)),
+    Case("typo-mix_porb", ("- sr.mix_porb:", "Extra inputs are not permitted"), _set("sr.mix_porb", 0.5)),
+    # p = sr.mix_prob outside [0, 1] or not a number
+    Case("mix_prob-1.5", ("- sr.mix_prob:", "less than or equal to 1", "1.5"), _set("sr.mix_prob", 1.5)),
+    Case("mix_prob-negative", ("- sr.mix_prob:", "greater than or equal to 0"), _set("sr.mix_prob", -0.1)),
+    Case("mix_prob-string", ("- sr.mix_prob:", "valid number", "'high'"), _set("sr.mix_prob", "high")),
+    # numbers out of range / wrong types
+    Case("negative-gan-iters", ("- sr.gan.iters:", "greater than or equal to 0"), _set("sr.gan.iters", -5)),
+    Case("zero-cyclegan-iters", ("- cyclegan.iters:", "greater than 0"), _set("cyclegan.iters", 0)),
+    Case("zero-batch-size", ("- sr.batch_size:", "greater than 0"), _set("sr.batch_size", 0)),
+    Case(
+        "lambda-cycle-string",
+        ("- cyclegan.lambda_cycle:", "valid number"),
+        _set("cyclegan.lambda_cycle", "ten"),
+    ),
+    Case("section-is-a-number", ("- sr:", "valid dictionary"), _set("sr", 5)),
+    Case(
+        "unknown-metric",
+        ("- eval.metrics.2:", "'psnr', 'ssim' or 'lpips'"),
+        _set("eval.metrics", ["psnr", "ssim", "fid"]),
+    ),
+    Case(
+        "decay-after-end",
+        ("- cyclegan:", "decay_start (5) must be <= iters (2)"),
+        _set("cyclegan.decay_start", 5),
+    ),
+    Case(
+        "patch-not-multiple-of-scale",
+        ("sr.patch_size (18)", "multiple of data.scale (4)"),
+        _set("sr.patch_size", 18),
+    ),
+    Case("scale-3", ("- data.scale:", "2, 4 or 8"), _set("data.scale", 3)),
+    # data section
+    Case(
+        "bad-test-set-name",
+        ("- data.test_sets.0.name:", "pattern"),
+        _set("data.test_sets", [{"name": "my set!", "hr": "x"}]),
+    ),
+    Case(
+        "duplicate-test-set-names",
+        ("- data:", "test set names must be unique", "['a']"),
+        _set("data.test_sets", [{"name": "a", "hr": "x"}, {"name": "a", "hr": "y"}]),
+    ),
+    Case(
+        "test-set-without-images",
+        ("- data.test_sets.0:", "needs `hr`"),
+        _set("data.test_sets", [{"name": "a"}]),
+    ),
+    Case("missing-name", ("- name: Field required",), _drop("name")),
+    Case("bad-experiment-name", ("- name:", "pattern"), _set("name", "../escape")),
+    Case("missing-data", ("- data: Field required",), _drop("data")),
+    Case("data-without-train_hr-or-demo", ("- data:", "data.train_hr", "data.demo"), _drop("data.demo")),
+    # search section
+    Case(
+        "method-bayes", ("- search.method:", "'grid', 'random' or 'optuna'"), _set("search.method", "bayes")
+    ),
+    Case(
+        "metric-without-slash",
+        ("- search.metric.name:", "pattern"),
+        _set("search.metric.name", "unknown_psnr"),
+    ),
+    Case(
+        "metric-on-unknown-test-set",
+        ("search.metric.name 'Set5/psnr'", "no test set 'Set5'", "bicubic", "unknown"),
+        _set("search.metric.name", "Set5/psnr"),
+    ),
+    Case(
+        "param-two-forms",
+        ("- search.parameters.sr.mix_prob:", "exactly one of", "['values', 'uniform']"),
+        _param("sr.mix_prob", {"values": [0.0], "uniform": [0.0, 1.0]}),
+    ),
+    Case(
+        "param-no-form",
+        ("- search.parameters.sr.mix_prob:", "exactly one of"),
+        _param("sr.mix_prob", {}),
+    ),
+    Case(
+        "uniform-low-not-below-high",
+        ("- search.parameters.sr.mix_prob:", "low < high", "[0.5, 0.5]"),
+        _param("sr.mix_prob", {"uniform": [0.5, 0.5]}, method="random"),
+    ),
+    Case(
+        "log-uniform-non-positive",
+        ("- search.parameters.sr.gan.adv_weight.log_uniform.0:", "greater than 0"),
+        _param("sr.gan.adv_weight", {"log_uniform": [0.0, 1.0]}, method="random"),
+    ),
+    Case(
+        "empty-values",
+        ("- search.parameters.sr.mix_prob:", "values must not be empty"),
+        _param("sr.mix_prob", {"values": []}),
+    ),
+    Case(
+        "grid-with-uniform",
+        ("- search:", "method grid needs `values`", "sr.gan.adv_weight"),
+        _param("sr.gan.adv_weight", {"uniform": [0.001, 0.01]}),
+    ),
+    Case(
+        "grid-with-num-samples",
+        ("- search:", "num_samples applies to random/optuna"),
+        _set("search.num_samples", 4),
+    ),
+    Case(
+        "searched-path-missing",
+        ("search.parameters", "'sr.gan.nope' is not a config field"),
+        _param("sr.gan.nope", {"values": [1]}),
+    ),
+    Case(
+        "searched-path-is-section",
+        ("search.parameters", "'sr.gan' is a section, not a value"),
+        _param("sr.gan", {"values": [1]}),
+    ),
+    Case(
+        "optuna-two-seeds",
+        ("- search:", "optuna takes one seed"),
+        _both(_param("sr.mix_prob", {"uniform": [0.0, 1.0]}, method="optuna"), _set("search.seeds", [0, 1])),
+    ),
+    Case("duplicate-seeds", ("- search:", "seeds must be distinct"), _set("search.seeds", [0, 1, 0])),
+    Case("negative-seed", ("- search.seeds.0:", "greater than or equal to 0"), _set("search.seeds", [-1])),
+    Case(
+        "asha-reduction-factor-1",
+        ("search.scheduler", "reduction_factor", "greater than 1"),
+        _set("search.scheduler", {"type": "asha", "reduction_factor": 1}),
+    ),
+    Case(
+        "unknown-scheduler",
+        ("- search.scheduler:", "'pbt'", "expected tags: 'fifo', 'asha'"),
+        _set("search.scheduler", {"type": "pbt"}),
+    ),
+    # resources
+    Case(
+        "fractional-gpus",
+        ("- resources.gpus_per_worker:", "whole number", "0.5"),
+        _set("resources.gpus_per_worker", 0.5),
+    ),
+    # the file itself
+    Case("top-level-list", ("top level must be a mapping",), text="- name: x\n- data: {}\n"),
+    Case("top-level-scalar", ("top level must be a mapping",), text="just a string\n"),
+    Case("empty-file", ("empty",), text=""),
+    Case("comments-only", ("empty",), text="# nothing here\n"),
+    Case("invalid-yaml", ("not valid YAML", "line"), text="name: x\ndata: {demo: [\n"),
+    Case(
+        "python-object-tag",
+        ("not valid YAML", "python/object"),
+        text="name: !!python/object/apply:os.system ['echo pwned']\ndata: {demo: {}}\n",
+    ),
+    # --set overrides
+    Case(
+        "set-out-of-range", ("- sr.mix_prob:", "less than or equal to 1", "(got 2)"), sets=("sr.mix_prob=2",)
+    ),
+    Case("set-unknown-key", ("- sr.mix_porb:", "Extra inputs"), sets=("sr.mix_porb=0.5",)),
+    Case(
+        "set-without-equals",
+        ("--set 'sr.mix_prob'", "expected key=value"),
+        sets=("sr.mix_prob",),
+        names_file=False,
+    ),
+    Case(
+        "set-into-a-value",
+        ("--set 'sr.mix_prob.x=1'", "'mix_prob' is a value, not a section"),
+        sets=("sr.mix_prob.x=1",),
+        names_file=False,
+    ),
+    Case("set-empty-key-part", ("--set 'sr..x=1'", "bad key"), sets=("sr..x=1",), names_file=False),
+    Case(
+        "set-bad-yaml-value",
+        ("--set 'sr.mix_prob=[0.5'", "not valid YAML"),
+        sets=("sr.mix_prob=[0.5",),
+        names_file=False,
+    ),
+]
+
+assert len(CASES) >= 25
+assert len({c.id for c in CASES}) == len(CASES)
+
+
+def write_case(case: Case, tmp: Path) -> Path:
+    path = tmp / "cfg" / f"bad-{case.id}.yaml"
+    if case.text is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(case.text)
+        return path
+    raw = base_config(tmp)
+    if case.mutate is not None:
+        case.mutate(raw)
+    return write_yaml(path, raw)
+
+
+def test_base_config_is_valid(tmp_path: Path) -> None:
+    """Every case below breaks exactly one thing in this config."""
+    cfg = load_config(write_yaml(tmp_path / "ok.yaml", base_config(tmp_path)))
+    assert cfg.sr.mix_prob == 1.0
+    assert cfg.search is not None and list(cfg.search.parameters) == ["sr.mix_prob"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_library_error_names_file_and_field(case: Case, tmp_path: Path) -> None:
+    path = write_case(case, tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, list(case.sets))
+    msg = str(info.value)
+    if case.names_file:
+        assert str(path) in msg, msg
+    for part in case.expect:
+        assert part in msg, f"{part!r} not in:\n{msg}"
+
+
+@pytest.fixture
+def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Fail loudly if ``csrgan sweep`` goes past validation (data resolution or the sweep itself)."""
+    called: list[str] = []
+
+    def resolve_data(*a: Any, **k: Any) -> None:
+        called.append("resolve_data")
+        raise AssertionError("csrgan sweep went past validation: resolve_data was called")
+
+    def run_sweep(*a: Any, **k: Any) -> None:
+        called.append("run_sweep")
+        raise AssertionError("csrgan sweep went past validation: run_sweep was called")
+
+    monkeypatch.setattr("csrgan.data.layout.resolve_data", resolve_data)
+    monkeypatch.setattr("csrgan.sweep.driver.run_sweep", run_sweep)
+    return called
+
+
+def assert_nothing_written(tmp: Path, work: Path) -> None:
+    assert not (tmp / "storage").exists(), "the storage folder was created"
+    assert not (tmp / "demo").exists(), "the demo data folder was created"
+    assert list(work.iterdir()) == [], f"files appeared in the working directory: {list(work.iterdir())}"
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_cli_exits_2_before_anything_starts(
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nothing_starts: list[str]
+) -> None:
+    path = write_case(case, tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = ["sweep", str(path), *[x for s in case.sets for x in ("--set", s)]]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    assert res.stderr.startswith("error: "), res.stderr
+    if case.names_file:
+        assert str(path) in res.stderr
+    for part in case.expect:
+        assert part in res.stderr, f"{part!r} not in:\n{res.stderr}"
+    assert "Traceback" not in res.output
+    assert nothing_starts == []
+    assert_nothing_written(tmp_path, work)
+
+
+def test_cli_missing_file_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nothing_starts: list[str]
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    res = runner.invoke(app, ["sweep", str(tmp_path / "nope.yaml")])
+    assert res.exit_code == 2
+    assert "nope.yaml" in res.stderr and "not found" in res.stderr
+    assert_nothing_written(tmp_path, work)
+
+
+# ---------------------------------------------------------- searched values outside the field's range
+# A searched value is only validated when a trial's config is built (trial_config -> with_params), i.e.
+# after `csrgan sweep` has built the demo data and created the results folder, and the ConfigError then
+# escapes run_sweep as a traceback (exit 1). The schema knows every target field's constraints at load.
+SEARCHED_OUT_OF_RANGE = [
+    pytest.param(_param("sr.mix_prob", {"values": [0.0, 1.5]}), id="grid-values-p-1.5"),
+    pytest.param(_param("sr.mix_prob", {"values": [0.0, "high"]}), id="grid-values-p-string"),
+    pytest.param(_param("sr.mix_prob", {"uniform": [0.5, 1.5]}, method="random"), id="random-uniform-p"),
+    pytest.param(
+        _param("sr.gan.iters", {"int_uniform": [-5, 10]}, method="random"), id="random-int-negative"
+    ),
+]
+
+
+@pytest.mark.parametrize("mutate", SEARCHED_OUT_OF_RANGE)
+def test_searched_value_outside_field_range_is_a_config_error(mutate: Any, tmp_path: Path) -> None:
+    raw = base_config(tmp_path)
+    mutate(raw)
+    path = write_yaml(tmp_path / "cfg.yaml", raw)
+    with pytest.raises(ConfigError, match=r"search\.parameters"):
+        load_config(path)
+
+
+def test_cli_searched_value_outside_range_exits_2_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nothing_starts: list[str]
+) -> None:
+    raw = base_config(tmp_path)
+    _param("sr.mix_prob", {"values": [0.0, 1.5]})(raw)
+    path = write_yaml(tmp_path / "cfg" / "p15.yaml", raw)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    res = runner.invoke(app, ["sweep", str(path)])
+    assert res.exit_code == 2, (res.exit_code, res.output, nothing_starts)
+    assert "sr.mix_prob" in res.stderr
+    assert_nothing_written(tmp_path, work)
+
+
+# ------------------------------------------------------------------------------------- valid configs
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_experiments_validate(name: str) -> None:
+    cfg = load_config(EXPERIMENTS / name)
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.search is not None
+    assert cfg.sr.patch_size % cfg.data.scale == 0
+
+
+def test_every_shipped_experiment_is_covered() -> None:
+    assert sorted(p.name for p in EXPERIMENTS.glob("*.yaml")) == sorted(SHIPPED)
+
+
+@pytest.fixture
+def ok_path(tmp_path: Path) -> Path:
+    return write_yaml(tmp_path / "ok.yaml", base_config(tmp_path))
+
+
+def test_set_exponent_without_dot_is_a_float(ok_path: Path) -> None:
+    """YAML 1.1 reads ``5e-3`` as a string; an override means the number."""
+    cfg = load_config(ok_path, ["sr.gan.adv_weight=5e-3"])
+    assert cfg.sr.gan.adv_weight == 0.005
+    assert type(cfg.sr.gan.adv_weight) is float
+
+
+@pytest.mark.parametrize(
+    ("item", "dotted", "expected", "typ"),
+    [
+        ("sr.mix_prob=0.5", "sr.mix_prob", 0.5, float),
+        ("sr.mix_prob=0", "sr.mix_prob", 0.0, float),
+        ("sr.pretrain.iters=7", "sr.pretrain.iters", 7, int),
+        ("sr.model.global_bicubic_skip=true", "sr.model.global_bicubic_skip", True, bool),
+        ("sr.gan.content.type=l1", "sr.gan.content.type", "l1", str),
+        ("eval.metrics=[psnr]", "eval.metrics", ["psnr"], list),
+        ("name=other-run", "name", "other-run", str),
+        ("resources.max_concurrent_trials=null", "resources.max_concurrent_trials", None, type(None)),
+    ],
+)
+def test_set_values_are_typed_by_the_schema(
+    ok_path: Path, item: str, dotted: str, expected: Any, typ: type
+) -> None:
+    cfg = load_config(ok_path, [item])
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    assert node == expected
+    assert type(node) is typ
+
+
+def test_set_creates_missing_sections(tmp_path: Path) -> None:
+    raw = base_config(tmp_path)
+    del raw["sr"]["gan"]
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", raw), ["sr.gan.lr=3e-5"])
+    assert cfg.sr.gan.lr == 3e-5
+
+
+def test_later_set_wins(ok_path: Path) -> None:
+    assert load_config(ok_path, ["sr.mix_prob=0.25", "sr.mix_prob=0.75"]).sr.mix_prob == 0.75
+
+
+def test_set_does_not_change_the_file(ok_path: Path) -> None:
+    before = ok_path.read_text()
+    load_config(ok_path, ["sr.mix_prob=0.5"])
+    assert ok_path.read_text() == before
+
+
+def test_overrides_are_never_evaluated(
+    ok_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = "__import__('os').system('touch PWNED')"
+    assert parse_override(f"storage={code}") == ("storage", code)
+    cfg = load_config(ok_path, [f"storage={code}"])
+    assert cfg.storage == code  # a plain string, never run
+    with pytest.raises(ConfigError, match=r"- name:.*pattern"):
+        load_config(ok_path, ["name=__import__('os')"])
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_yaml_is_loaded_with_safe_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_dump(base_config(tmp_path)).replace(
+        "name: cfgtest", "name: !!python/object/apply:os.system ['touch PWNED']"
+    )
+    path = tmp_path / "tagged.yaml"
+    path.write_text(raw)
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+# ---------------------------------------------------------------------------------------------- hashes
+def _reversed(obj: Any) -> Any:
+    """The same mapping with every level's key order reversed."""
+    if isinstance(obj, dict):
+        return {k: _reversed(obj[k]) for k in reversed(list(obj))}
+    return obj
+
+
+def test_config_hash_is_independent_of_key_order(tmp_path: Path) -> None:
+    raw = base_config(tmp_path)
+    a = load_config(write_yaml(tmp_path / "a.yaml", raw))
+    b = load_config(write_yaml(tmp_path / "b.yaml", _reversed(raw)))
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash(load_config(tmp_path / "a.yaml", ["sr.gan.adv_weight=2e-3"]))
+
+
+def test_config_hash_same_for_file_and_override(tmp_path: Path) -> None:
+    raw = base_config(tmp_path)
+    raw["sr"]["gan"]["adv_weight"] = 0.005
+    from_file = load_config(write_yaml(tmp_path / "a.yaml", raw))
+    from_set = load_config(write_yaml(tmp_path / "b.yaml", base_config(tmp_path)), ["sr.gan.adv_weight=5e-3"])
+    assert config_hash(from_file) == config_hash(from_set)
+
+
+@pytest.fixture
+def keyed(tmp_path: Path) -> Callable[..., ExperimentConfig]:
+    path = write_yaml(tmp_path / "k.yaml", base_config(tmp_path))
+    return lambda *sets: load_config(path, list(sets))
+
+
+SR_ONLY = [
+    "sr.mix_prob=0.5",
+    "sr.mix_prob=0",
+    "sr.gan.adv_weight=0.01",
+    "sr.gan.iters=9",
+    "sr.pretrain.iters=9",
+    "sr.model.channels=8",
+    "sr.batch_size=2",
+    "sr.patch_size=32",
+    "eval.metrics=[psnr]",
+    "cyclegan.eval_every=2",  # logging cadence does not change the trained network
+    "cyclegan.checkpoint_every=2",
+    "seed=1",  # a sweep's seeds repeat SR training over one shared CycleGAN (cyclegan.seed is its own)
+]
+CYCLEGAN = [
+    "cyclegan.iters=3",
+    "cyclegan.lambda_cycle=5",
+    "cyclegan.lambda_identity=0",
+    "cyclegan.model.ngf=8",
+    "cyclegan.lr=1e-4",
+    "cyclegan.patch_size=16",
+    "cyclegan.seed=1",
+    "data.scale=2",
+    "data.real_lr=/elsewhere",
+]
+
+
+@pytest.mark.parametrize("item", SR_ONLY)
+def test_cyclegan_key_ignores_sr_changes(keyed: Callable[..., ExperimentConfig], item: str) -> None:
+    assert cyclegan_stage_key(keyed(item)) == cyclegan_stage_key(keyed())
+
+
+@pytest.mark.parametrize("item", CYCLEGAN)
+def test_cyclegan_key_follows_cyclegan_changes(keyed: Callable[..., ExperimentConfig], item: str) -> None:
+    assert cyclegan_stage_key(keyed(item)) != cyclegan_stage_key(keyed())
+
+
+@pytest.mark.parametrize(
+    "item", ["sr.gan.adv_weight=0.01", "sr.gan.lr=3e-5", "sr.gan.iters=9", "sr.gan.content.weight=2"]
+)
+def test_pretrain_key_ignores_gan_phase_changes(keyed: Callable[..., ExperimentConfig], item: str) -> None:
+    assert pretrain_stage_key(keyed(item)) == pretrain_stage_key(keyed())
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "sr.pretrain.iters=9",
+        "sr.pretrain.lr=3e-5",
+        "sr.mix_prob=0.5",
+        "sr.model.channels=8",
+        "cyclegan.iters=3",
+        "seed=1",
+    ],
+)
+def test_pretrain_key_follows_its_inputs(keyed: Callable[..., ExperimentConfig], item: str) -> None:
+    assert pretrain_stage_key(keyed(item)) != pretrain_stage_key(keyed())
+
+
+def test_pretrain_key_ignores_cyclegan_when_p_is_0(keyed: Callable[..., ExperimentConfig]) -> None:
+    """With p = 0 the CycleGAN is not an input of pre-training."""
+    assert pretrain_stage_key(keyed("sr.mix_prob=0", "cyclegan.iters=3")) == pretrain_stage_key(
+        keyed("sr.mix_prob=0")
+    )
+
+
+# ------------------------------------------------------------------------------------------- dry run
+def test_dry_run_prints_the_quickstart_plan_and_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nothing_starts: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["sweep", str(EXPERIMENTS / "quickstart.yaml"), "--dry-run"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    lines = [ln.strip() for ln in res.stdout.splitlines()]
+    assert lines[0].startswith("sweep quickstart: method grid, metric unknown/psnr")
+    assert lines[1:] == [
+        f"sr.mix_prob={p},seed={s}" for p in ("0", "0.5", "1") for s in (0, 1)
+    ]  # p = 0 first: those trials need no CycleGAN and run while it trains
+    assert nothing_starts == []
+    assert os.listdir(tmp_path) == []  # no .demo-data, no results/
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_dry_run_accepts_every_shipped_experiment(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nothing_starts: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["sweep", str(EXPERIMENTS / name), "--dry-run"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert res.stdout.startswith(f"sweep {name.removesuffix('.yaml')}:")
+    assert os.listdir(tmp_path) == []
+
+
+def test_dry_run_with_bad_set_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(
+        app, ["sweep", str(EXPERIMENTS / "quickstart.yaml"), "--dry-run", "--set", "sr.mix_prob=2"]
+    )
+    assert res.exit_code == 2
+    assert "quickstart.yaml" in res.stderr and "sr.mix_prob" in res.stderr
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,338 @@
+"""Sweeps on a real local Ray cluster (loopback only), with tiny models on the demo data.
+
+Spec:
+* a grid sweep writes one Parquet row per (trial, evaluation step, test set), trains the CycleGAN once
+  for all p > 0 trials, and a later sweep under the same storage reuses every stage;
+* a diverging trial ends ``diverged`` and the sweep goes on;
+* ASHA stops a clearly worse trial (``stopped``); Optuna proposes trials and keeps its study on disk;
+* Ctrl-C and kill -9 of the driver lose no finished result; ``--resume`` finishes the rest from
+  checkpoints with no duplicate rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from csrgan.config import validate_config
+from csrgan.data.layout import resolve_data
+from csrgan.metrics import PROTOCOL
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+CSRGAN = [sys.executable, "-m", "csrgan.cli.app"]
+KEY = ["trial_id", "phase", "step", "test_set"]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from csrgan.data.demo import build_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    build_demo(out, seed=0)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _ray_shutdown():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def tiny(name: str, storage: Path, demo: Path, **sections: Any) -> dict[str, Any]:
+    """A complete experiment dict with tiny models; ``sections`` replace top-level sections."""
+    cfg: dict[str, Any] = {
+        "name": name,
+        "storage": str(storage),
+        "data": {"demo": {"dir": str(demo), "seed": 0}},
+        "cyclegan": {
+            "model": {"ngf": 8, "n_blocks": 1, "ndf": 8, "n_layers_d": 2},
+            "iters": 10,
+            "batch_size": 2,
+            "patch_size": 24,
+            "eval_every": 10,
+            "checkpoint_every": 10,
+        },
+        "sr": {
+            "model": {"channels": 8, "n_blocks": 1, "d_channels": 8},
+            "pretrain": {"iters": 6},
+            "gan": {"iters": 10, "content": {"type": "mse"}},
+            "batch_size": 2,
+            "patch_size": 32,
+            "eval_every": 5,
+            "checkpoint_every": 5,
+        },
+        "eval": {"metrics": ["psnr", "ssim"]},
+        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "search": {
+            "method": "grid",
+            "metric": {"name": "unknown/psnr"},
+            "parameters": {"sr.mix_prob": {"values": [0.0, 1.0]}},
+            "seeds": [0],
+        },
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def run(raw: dict[str, Any], **kw: Any):
+    from csrgan.sweep.driver import run_sweep
+
+    lines: list[str] = []
+    outcome = run_sweep(resolve_data(validate_config(raw)), echo=lines.append, num_cpus=2, **kw)
+    return outcome, "\n".join(lines)
+
+
+def assert_unique_rows(df: pd.DataFrame) -> None:
+    dupes = df[df.duplicated(KEY, keep=False)]
+    assert dupes.empty, f"duplicate rows:\n{dupes[KEY]}"
+
+
+def test_grid_sweep_rows_and_stage_reuse(tmp_path: Path, demo_dir: Path) -> None:
+    storage = tmp_path / "results"
+    grid = {
+        "method": "grid",
+        "metric": {"name": "unknown/psnr"},
+        "parameters": {"sr.mix_prob": {"values": [0.0, 0.5, 1.0]}},
+        "seeds": [0],
+    }
+    outcome, log = run(tiny("grid", storage, demo_dir, search=grid))
+    assert outcome.complete, log
+
+    df = pd.read_parquet(storage / "grid")  # the plain pandas call users make
+    assert df.trial_id.nunique() == 3
+    assert set(df.status) == {"finished"}
+    assert sorted(df["param.sr.mix_prob"].unique()) == [0.0, 0.5, 1.0]
+    assert set(df.test_set) == {"bicubic", "unknown"}
+    assert (df.protocol == PROTOCOL.id).all()
+    assert df.psnr.notna().all() and df.ssim.notna().all() and df.lpips.isna().all()  # lpips not asked
+    gan = df[df.phase == "gan"]
+    # GAN phase: evaluations at steps 5 and 10, on 2 test sets, for each of 3 trials
+    assert sorted(gan.step.unique()) == [5, 10]
+    assert len(gan) == 3 * 2 * 2
+    assert (df[df.phase == "pretrain"].groupby("trial_id").size() == 2).all()
+    assert_unique_rows(df)
+
+    # The CycleGAN was trained once (by the driver's stage task) for the two p > 0 trials.
+    stages = storage / "_stages"
+    cyclegans = sorted(stages.glob("cyclegan-*"))
+    assert len(cyclegans) == 1
+    info = json.loads((cyclegans[0] / "stage.json").read_text())
+    assert info["status"] == "finished" and info["built_by"] == "driver"
+    keys = df.groupby("param.sr.mix_prob").cyclegan_key.unique()
+    assert df[df["param.sr.mix_prob"] == 0.0].cyclegan_key.isna().all()
+    assert set(keys[0.5]) == set(keys[1.0]) == {cyclegans[0].name.split("-", 1)[1]}
+    pretrains = sorted(stages.glob("pretrain-*"))
+    assert len(pretrains) == 3  # pre-training depends on p (the LR source), so one per p
+    mtimes = {p: (p / "stage.json").stat().st_mtime for p in [*cyclegans, *pretrains]}
+
+    # A second sweep under the same storage reuses every stage and only trains its GAN phases.
+    outcome2, log2 = run(tiny("grid_again", storage, demo_dir, search=grid))
+    assert outcome2.complete, log2
+    assert "reused" in log2
+    assert sorted(stages.glob("*-*")) == sorted(mtimes)
+    assert {p: (p / "stage.json").stat().st_mtime for p in mtimes} == mtimes
+    df2 = pd.read_parquet(storage / "grid_again")
+    assert set(df2.status) == {"finished"} and df2.trial_id.nunique() == 3
+
+
+def test_diverged_trial_is_marked_and_sweep_goes_on(tmp_path: Path, demo_dir: Path) -> None:
+    storage = tmp_path / "results"
+    search = {
+        "method": "grid",
+        "metric": {"name": "unknown/psnr"},
+        "parameters": {"sr.gan.lr": {"values": [1e-4, 1e30]}},
+        "seeds": [0],
+    }
+    raw = tiny("div", storage, demo_dir, search=search, sr={"mix_prob": 0.0})
+    outcome, log = run(raw)
+    assert outcome.complete, log
+    df = pd.read_parquet(storage / "div")
+    status = df.groupby("param.sr.gan.lr").status.unique()
+    assert list(status[1e-4]) == ["finished"]
+    assert list(status[1e30]) == ["diverged"]
+    assert sorted(outcome.statuses.values()) == ["diverged", "finished"]
+
+
+def test_asha_stops_a_clearly_worse_trial(tmp_path: Path, demo_dir: Path) -> None:
+    storage = tmp_path / "results"
+    # Trials run one at a time (good first). At the first rung (step 5) the wrecked trial (Adam lr 0.5
+    # moves every weight by ~0.5 per step) is far below the first one and ASHA (rf 2) stops it.
+    search = {
+        "method": "grid",
+        "metric": {"name": "unknown/psnr"},
+        "parameters": {"sr.gan.lr": {"values": [1e-4, 0.5]}},
+        "seeds": [0],
+        "scheduler": {"type": "asha", "grace_period": 5, "max_t": 10, "reduction_factor": 2},
+    }
+    raw = tiny(
+        "asha",
+        storage,
+        demo_dir,
+        search=search,
+        sr={"mix_prob": 0.0},
+        resources={"workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1},
+    )
+    outcome, log = run(raw)
+    assert outcome.complete, log
+    df = pd.read_parquet(storage / "asha")
+    gan = df[df.phase == "gan"]
+    last_step = gan.groupby("param.sr.gan.lr").step.max()
+    status = df.groupby("param.sr.gan.lr").status.first()
+    assert (last_step[1e-4], status[1e-4]) == (10, "finished")
+    assert (last_step[0.5], status[0.5]) == (5, "stopped")
+
+
+def test_optuna_sweep_keeps_its_study(tmp_path: Path, demo_dir: Path) -> None:
+    import optuna
+
+    storage = tmp_path / "results"
+    search = {
+        "method": "optuna",
+        "metric": {"name": "unknown/psnr", "goal": "maximize"},
+        "num_samples": 3,
+        "parameters": {
+            "sr.gan.lr": {"log_uniform": [1e-5, 1e-3]},
+            "sr.gan.adv_weight": {"uniform": [0.0, 0.01]},
+        },
+    }
+    raw = tiny("opt", storage, demo_dir, search=search, sr={"mix_prob": 0.0})
+    outcome, log = run(raw)
+    assert outcome.complete, log
+    df = pd.read_parquet(storage / "opt")
+    assert df.trial_id.nunique() == 3 and set(df.status) == {"finished"}
+    assert df["param.sr.gan.lr"].between(1e-5, 1e-3).all()
+    assert df["param.sr.gan.adv_weight"].between(0.0, 0.01).all()
+    assert len(list((storage / "_stages").glob("pretrain-*"))) == 1  # GAN-phase params share pre-training
+    study = optuna.load_study(study_name="opt", storage=f"sqlite:///{storage / 'opt' / '_optuna.db'}")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3 and all(t.value is not None for t in done)
+
+
+def _wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"driver exited ({proc.returncode}) before: {what}\n{proc.stdout.read()}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
+
+
+def _statuses(folder: Path) -> dict[str, str]:
+    out = {}
+    for f in folder.glob("trial-*.parquet"):
+        with contextlib.suppress(OSError, ValueError):
+            out[f.stem] = str(pd.read_parquet(f).status.iloc[0])
+    return out
+
+
+def test_interrupt_and_kill_then_resume_lose_nothing(tmp_path: Path, demo_dir: Path) -> None:
+    storage = tmp_path / "results"
+    search = {
+        "method": "grid",
+        "metric": {"name": "unknown/psnr"},
+        "parameters": {"sr.mix_prob": {"values": [0.0]}, "sr.gan.adv_weight": {"values": [0.0, 1e-3, 2e-3]}},
+        "seeds": [0],
+    }
+    raw = tiny(
+        "resume",
+        storage,
+        demo_dir,
+        search=search,
+        sr={
+            "mix_prob": 0.0,
+            "gan": {"iters": 40, "content": {"type": "mse"}},
+            "eval_every": 10,
+            "checkpoint_every": 10,
+        },
+        resources={"workers": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1},
+    )
+    cfg_path = tmp_path / "resume.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw))
+    folder = storage / "resume"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def start(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*CSRGAN, "sweep", str(cfg_path), "--num-cpus", "2", *extra],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    procs: list[subprocess.Popen] = []
+    try:
+        # 1. Ctrl-C once the first trial finished: exit code 3 and the resume command.
+        p = start()
+        procs.append(p)
+        _wait_for(lambda: "finished" in _statuses(folder).values(), 240, "a finished trial", p)
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 3, out
+        assert "--resume" in out
+        finished_first = {t for t, s in _statuses(folder).items() if s == "finished"}
+        frozen = {t: pd.read_parquet(folder / f"{t}.parquet") for t in finished_first}
+
+        # 2. Resume, then kill -9 the driver while a later trial is mid-way (it has checkpoints).
+        p = start("--resume")
+        procs.append(p)
+        _wait_for(
+            lambda: any(
+                s == "running" and (pd.read_parquet(folder / f"{t}.parquet").step >= 20).any()
+                for t, s in _statuses(folder).items()
+            ),
+            240,
+            "a running trial past step 20",
+            p,
+        )
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+
+        # 3. Resume again: everything finishes, nothing is duplicated, finished files are untouched.
+        p = start("--resume")
+        procs.append(p)
+        out, _ = p.communicate(timeout=400)
+        assert p.returncode == 0, out
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the driver's embedded Ray, if it outlived it
+
+    df = pd.read_parquet(folder)
+    assert df.trial_id.nunique() == 3 and set(df.status) == {"finished"}, df.groupby(
+        "trial_id"
+    ).status.first()
+    assert_unique_rows(df)
+    assert sorted(
+        df[df.phase == "gan"].groupby("trial_id").step.apply(lambda s: tuple(sorted(set(s)))).unique()
+    ) == [(10, 20, 30, 40)]
+    for t, before in frozen.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(folder / f"{t}.parquet"), before)
+    # The killed trial resumed from its checkpoint: its Tune results never restart at step 10.
+    for result_json in (folder / "_tune").glob("*/result.json"):
+        steps = [json.loads(line)["step"] for line in result_json.read_text().splitlines() if line.strip()]
+        assert steps == sorted(steps), f"{result_json}: steps went back (restarted from scratch?): {steps}"

@@ -499,8 +499,11 @@ def test_summary_errors_are_specific(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match="empty"):
         summarize(df.iloc[:0], by=["sr.mix_prob"])
     two = pd.concat([df, df.assign(phase="pretrain")])
-    with pytest.raises(ResultsError, match=r"several phases \['gan', 'pretrain'\].*--phase"):
-        summarize(two, by=["sr.mix_prob"])
+    # a sweep's own phase is "gan": it is the default when pre-training rows are present too
+    pd.testing.assert_frame_equal(summarize(two, by=["sr.mix_prob"]), summarize(df, by=["sr.mix_prob"]))
+    other = pd.concat([df.assign(phase="a"), df.assign(phase="b")])
+    with pytest.raises(ResultsError, match=r"several phases \['a', 'b'\].*--phase"):
+        summarize(other, by=["sr.mix_prob"])
     assert summarize(two, by=["sr.mix_prob"], phase="pretrain")["n"].tolist() == [3, 3, 3]
 
 

@@ -40,11 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import requests
 import torch
 import torchvision
 from torch import nn
-from tqdm.auto import tqdm
+
+from csrgan import download as _download
+from csrgan.download import fetch_resumable
 
 if TYPE_CHECKING:  # lpips pulls in scipy (~0.4 s): imported only when an LPIPS model is built
     import lpips
@@ -56,9 +57,8 @@ RANDOM_PROVENANCE = "random-init (explicit)"
 #: so an ordinary name such as ``vgg19-run-2.pth`` is not mistaken for a (1-digit) hash prefix.
 HASH_PREFIX_RE = re.compile(r"-([0-9a-f]{8,64})\.")
 LPIPS_VERSION = "0.1"
-#: Download read size. Small enough that a dropped connection loses little of what arrived (a read
-#: that fails mid-chunk discards that chunk), large enough not to matter for throughput.
-DOWNLOAD_CHUNK = 1 << 16
+#: Download read size (see :data:`csrgan.download.CHUNK`).
+DOWNLOAD_CHUNK = _download.CHUNK
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,7 +82,7 @@ class CorruptWeightsError(WeightsError):
     """A weights file exists but is not what its name claims (hash mismatch, unreadable, wrong keys)."""
 
 
-class DownloadError(WeightsError):
+class DownloadError(WeightsError, _download.DownloadError):
     """A download failed (network, HTTP status, truncated body). Any partial file is kept for resume."""
 
 
@@ -522,7 +522,9 @@ def download(
 
     part = final.with_name(final.name + ".part")
     for _attempt in range(2):
-        resumed = _fetch(url, part, timeout=timeout, progress=progress)
+        resumed = fetch_resumable(
+            url, part, timeout=timeout, progress=progress, notify=log.warning, error=DownloadError
+        )
         digest = file_sha256(part)
         if spec.hash_prefix is None or digest.startswith(spec.hash_prefix):
             break
@@ -540,72 +542,3 @@ def download(
         _hash_cache[_hash_key(final)] = digest
     log.info("downloaded %s -> %s (sha256 %s)", url, final, digest[:12])
     return final
-
-
-def _kept(part: Path) -> str:
-    if part.is_file() and part.stat().st_size > 0:
-        return f"The partial file is kept at {part}; run the download again to resume."
-    return "Nothing was kept."
-
-
-def _content_range_start(header: str | None) -> int | None:
-    m = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", (header or "").strip())
-    return int(m.group(1)) if m else None
-
-
-def _fetch(url: str, part: Path, *, timeout: float, progress: bool) -> bool:
-    """Stream ``url`` into ``part``, continuing an existing ``part`` with a Range request.
-
-    Returns True when the resulting file relies on bytes from an earlier attempt (so a hash failure
-    may be the stale part's fault). Raises :class:`DownloadError` on network/HTTP failure or a
-    short body; the part file stays for the next attempt.
-    """
-    offset = part.stat().st_size if part.is_file() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
-    total: int | None = None
-    written = offset
-    try:
-        with requests.get(url, headers=headers, stream=True, timeout=timeout) as r:
-            if r.status_code == 416 and offset:
-                log.info("%s: nothing past byte %d; checking the partial file as is", url, offset)
-                return True
-            if r.status_code not in (200, 206):
-                raise DownloadError(
-                    f"downloading {url} failed: HTTP {r.status_code} {r.reason}. {_kept(part)}"
-                )
-            if r.status_code == 206:
-                start = _content_range_start(r.headers.get("Content-Range"))
-                if start != offset:
-                    raise DownloadError(
-                        f"downloading {url}: asked to resume at byte {offset} but the server sent "
-                        f"Content-Range {r.headers.get('Content-Range')!r}. {_kept(part)}"
-                    )
-                mode = "ab"
-            else:
-                if offset:
-                    log.warning("%s: server does not resume (no 206); downloading from the start", url)
-                offset = written = 0
-                mode = "wb"
-            length = r.headers.get("Content-Length")
-            total = offset + int(length) if length is not None else None
-            with (
-                part.open(mode) as f,
-                tqdm(
-                    total=total,
-                    initial=offset,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=part.name.removesuffix(".part"),
-                    disable=not progress,
-                ) as bar,
-            ):
-                for chunk in r.iter_content(chunk_size=DOWNLOAD_CHUNK):
-                    f.write(chunk)
-                    written += len(chunk)
-                    bar.update(len(chunk))
-    except requests.RequestException as exc:
-        raise DownloadError(f"downloading {url} failed: {exc}. {_kept(part)}") from exc
-    if total is not None and written != total:
-        raise DownloadError(f"downloading {url}: got {written} of {total} bytes. {_kept(part)}")
-    return offset > 0

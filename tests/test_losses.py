@@ -196,9 +196,6 @@ def test_vgg_loss_rejects_bad_config(loader: StandInLoader, kwargs: dict[str, An
 
 
 def test_vgg_loss_with_the_real_weights_module_and_explicit_random_init() -> None:
-    weights = pytest.importorskip("csrgan.weights", reason="csrgan/weights.py not available yet")
-    if not hasattr(weights, "load_vgg19_features"):
-        pytest.skip("csrgan.weights.load_vgg19_features not available yet")
     loss_fn = VGGContentLoss(random_init=True)
     assert "random" in loss_fn.provenance.lower()
     sr = torch.rand(1, 3, 32, 32, requires_grad=True)

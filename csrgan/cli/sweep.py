@@ -68,8 +68,11 @@ def sweep(
         )
     t = outcome.timing
     if t.get("train_s"):
+        busy = t["train_s"] / (t["wall_s"] * t.get("slots", 1))
         typer.echo(
-            f"\nwall {t['wall_s']:.0f} s; trainers ran {t['train_s']:.0f} s in total "
+            f"\nwall {t['wall_s']:.0f} s; trainers ran {t['train_s']:.0f} s over {t.get('slots', 1)} "
+            f"parallel slot(s): {100 * busy:.0f}% busy, so orchestration "
+            f"(Ray start, trial start-up, idle slots) took ~{100 * (1 - busy):.0f}% "
             f"(details in {outcome.results_dir / '_sweep.json'})"
         )
     if not outcome.complete:

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from csrgan.data.datasets import DIV2K_SPLITS, DIV2K_TRACKS, DIV2KPaths, div2k_paths
 from csrgan.data.io import IMAGE_SUFFIXES
+from csrgan.download import DownloadError, fetch_resumable
 
 __all__ = [
     "DIV2K_BASE_URL",
@@ -55,10 +56,6 @@ __all__ = [
 DIV2K_BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K"
 _STATE_DIR = ".csrgan_div2k"
 _CHUNK = 1 << 16  # a dropped connection loses at most the chunk in flight; the rest is resumed
-
-
-class DownloadError(RuntimeError):
-    """A download that failed (HTTP error, connection lost after all retries). Names the URL and file."""
 
 
 class ArchiveError(RuntimeError):
@@ -155,11 +152,6 @@ def _say(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr)
 
 
-def _total_from_content_range(value: str | None) -> int | None:
-    m = re.match(r"bytes (?:\d+-\d+|\*)/(\d+)$", (value or "").strip())
-    return int(m.group(1)) if m else None
-
-
 def download_file(
     url: str,
     dest: str | Path,
@@ -178,79 +170,19 @@ def download_file(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    sess = session or requests.Session()
-    attempt = 0
-    while True:
-        offset = part.stat().st_size if part.exists() else 0
-        try:
-            done, total = _fetch(sess, url, part, offset, timeout, progress)
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            done, total = False, None
-            reason = f"{type(exc).__name__}: {exc}"
-        else:
-            reason = "the connection closed early"
-        if done:
-            part.replace(dest)
-            return dest
-        attempt += 1
-        have = part.stat().st_size if part.exists() else 0
-        of = f" of {total}" if total else ""
-        if attempt > retries:
-            raise DownloadError(
-                f"download of {url} stopped at {have}{of} bytes after {retries} retries ({reason}); "
-                f"rerun to resume from {part}"
-            )
-        _say(f"{dest.name}: {reason} at {have}{of} bytes; retry {attempt}/{retries} from byte {have}")
-        sleep(min(2.0**attempt, 30.0))
-
-
-def _fetch(
-    sess: requests.Session, url: str, part: Path, offset: int, timeout: float, progress: bool
-) -> tuple[bool, int | None]:
-    """One GET appending to ``part`` from ``offset``. Returns (complete?, total size if known)."""
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
-    with sess.get(url, stream=True, headers=headers, timeout=timeout) as r:
-        if r.status_code == 416 and offset:
-            total = _total_from_content_range(r.headers.get("Content-Range"))
-            if total == offset:
-                return True, total
-            _say(
-                f"{part.name}: partial file ({offset} B) does not fit the remote file ({total} B); restarting"
-            )
-            part.unlink()
-            return False, total
-        if r.status_code not in (200, 206):
-            raise DownloadError(f"{url}: HTTP {r.status_code} {r.reason}")
-        if r.status_code == 200 and offset:
-            _say(f"{part.name}: the server ignored the Range request (no resume support); restarting from 0")
-            offset = 0
-        if r.status_code == 206:
-            start = re.match(r"bytes (\d+)-", r.headers.get("Content-Range", ""))
-            if start is None or int(start.group(1)) != offset:
-                got = r.headers.get("Content-Range")
-                raise DownloadError(f"{url}: asked for bytes {offset}- but got Content-Range {got!r}")
-            total = _total_from_content_range(r.headers.get("Content-Range"))
-        else:
-            length = r.headers.get("Content-Length")
-            total = int(length) if length is not None else None
-        with (
-            open(part, "ab" if offset else "wb") as f,
-            tqdm(
-                total=total,
-                initial=offset,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=part.name.removesuffix(".part"),
-                disable=not progress,
-                file=sys.stderr,
-            ) as bar,
-        ):
-            for chunk in r.iter_content(_CHUNK):
-                f.write(chunk)
-                bar.update(len(chunk))
-        size = part.stat().st_size
-        return (size == total if total is not None else True), total
+    fetch_resumable(
+        url,
+        part,
+        timeout=timeout,
+        progress=progress,
+        desc=dest.name,
+        retries=retries,
+        session=session or requests.Session(),
+        sleep=sleep,
+        notify=_say,
+    )
+    part.replace(dest)
+    return dest
 
 
 # ------------------------------------------------------------------------------------- verify, extract

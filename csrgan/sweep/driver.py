@@ -46,6 +46,7 @@ class SweepOutcome:
     stage_log: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     baseline: dict[str, float] = field(default_factory=dict)
+    stage_reuse: dict[str, int] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -226,6 +227,9 @@ def run_sweep(
 
     outcome = _finish(cfg, grid, results_dir, root, t0, interrupted)
     outcome.baseline = baseline
+    outcome.timing["slots"] = max_conc
+    for name, n in sorted(outcome.stage_reuse.items()):
+        echo(f"stage {name}: reused by {n} trial(s)")
     _write_meta(results_dir, cfg, trials, started=False, outcome=outcome)
     return outcome
 
@@ -375,7 +379,7 @@ def _finish(
     store = ResultsStore(str(root), cfg.name)
     outcome = SweepOutcome(results_dir=results_dir, wall_s=time.time() - t0)
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
-    train_s = _training_seconds(results_dir, root, t0)
+    train_s, outcome.stage_reuse = _training_seconds(results_dir, root, t0)
     for trial in trials:
         tid = trial.trial_id
         df = store.read_trial(tid)
@@ -405,17 +409,18 @@ def _reached_end(df: Any, cfg: ExperimentConfig) -> bool:
     return int(gan["step"].max()) >= int(iters)
 
 
-def _training_seconds(results_dir: Path, root: Path, t0: float) -> float:
-    """Seconds spent in trainers during this run: trials' GAN phases and stages they built, plus stages
-    the driver's tasks built (``stage.json`` finished after ``t0``)."""
+def _training_seconds(results_dir: Path, root: Path, t0: float) -> tuple[float, dict[str, int]]:
+    """Seconds spent in trainers during this run (trials' GAN phases and the stages they built, plus
+    stages the driver's tasks built), and how many trials reused each stage artefact."""
     total = 0.0
-    counted: set[str] = set()
+    reuse: dict[str, int] = {}
     for f in (results_dir / "_trials").glob("*/timing.json"):
         if f.stat().st_mtime < t0:
             continue
         t = json.loads(f.read_text())
         total += float(t.get("gan_s", 0.0)) + sum(t.get("stages_built_s", {}).values())
-        counted.update(t.get("stages_built_s", {}))
+        for name in t.get("stages_reused", []):
+            reuse[name] = reuse.get(name, 0) + 1
     for info_path in (root / "_stages").glob("cyclegan-*/stage.json"):
         info = json.loads(info_path.read_text())
         if (
@@ -424,7 +429,7 @@ def _training_seconds(results_dir: Path, root: Path, t0: float) -> float:
             and info.get("built_by") == "driver"
         ):
             total += float(info.get("wall_s", 0.0))
-    return total
+    return total, reuse
 
 
 def _records(df: Any) -> list[dict[str, Any]]:

@@ -320,8 +320,11 @@ def run_trial(tune_config: dict[str, Any], runtime: SweepRuntime) -> None:
 def _write_timing(out_dir: Path, stages: dict[str, StageOutcome], gan_s: float) -> None:
     """Seconds this trial spent training (stages it built + its GAN phase): the sweep's overhead report."""
     built = {k: float(o.info.get("wall_s", 0.0)) for k, o in stages.items() if not o.reused}
+    reused = [f"{k}-{o.ref.key}" for k, o in stages.items() if o.reused]
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "timing.json").write_text(json.dumps({"stages_built_s": built, "gan_s": round(gan_s, 3)}))
+    (out_dir / "timing.json").write_text(
+        json.dumps({"stages_built_s": built, "stages_reused": reused, "gan_s": round(gan_s, 3)})
+    )
 
 
 def _param_view(cfg: ExperimentConfig, names: tuple[str, ...]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import tiny_experiment
 import yaml
 from typer.testing import CliRunner
 
@@ -51,43 +52,23 @@ KEY = ["trial_id", "phase", "step", "test_set"]
 
 # ====================================================================================== experiment files
 def tiny(name: str, storage: Path, demo: Path, **sections: Any) -> dict[str, Any]:
-    """The tiny two-trial sweep (same shape as ``tests/test_sweep_ray.py::tiny``): p = 0, so no CycleGAN,
-    and two GAN learning rates, so two 1-CPU trials that must land on different 1-CPU nodes."""
-    cfg: dict[str, Any] = {
-        "name": name,
-        "storage": str(storage),
-        "data": {"demo": {"dir": str(demo), "seed": 0}},
-        "cyclegan": {
-            "model": {"ngf": 8, "n_blocks": 1, "ndf": 8, "n_layers_d": 2},
-            "iters": 10,
-            "batch_size": 2,
-            "patch_size": 24,
-            "eval_every": 10,
-            "checkpoint_every": 10,
+    """The shared tiny experiment with p = 0 (no CycleGAN) and two GAN learning rates: two 1-CPU trials
+    that must land on different 1-CPU nodes."""
+    return tiny_experiment.tiny(
+        name,
+        storage,
+        demo,
+        **{
+            "sr": {"mix_prob": 0.0},
+            "search": {
+                "method": "grid",
+                "metric": {"name": "unknown/psnr"},
+                "parameters": {"sr.gan.lr": {"values": [1e-4, 2e-4]}},
+                "seeds": [0],
+            },
+            **sections,
         },
-        "sr": {
-            "model": {"channels": 8, "n_blocks": 1, "d_channels": 8},
-            "mix_prob": 0.0,
-            "pretrain": {"iters": 6},
-            "gan": {"iters": 10, "content": {"type": "mse"}},
-            "batch_size": 2,
-            "patch_size": 32,
-            "eval_every": 5,
-            "checkpoint_every": 5,
-        },
-        "eval": {"metrics": ["psnr", "ssim"]},
-        "resources": {"workers": 1, "cpus_per_worker": 1},
-        "search": {
-            "method": "grid",
-            "metric": {"name": "unknown/psnr"},
-            "parameters": {"sr.gan.lr": {"values": [1e-4, 2e-4]}},
-            "seeds": [0],
-        },
-    }
-    for key, value in sections.items():
-        merge = isinstance(value, dict) and isinstance(cfg.get(key), dict)
-        cfg[key] = {**cfg[key], **value} if merge else value
-    return cfg
+    )
 
 
 def write_yaml(path: Path, raw: dict[str, Any]) -> Path:

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+from tiny_experiment import tiny
 
 from csrgan.config import validate_config
 from csrgan.data.layout import resolve_data
@@ -52,46 +53,6 @@ def _ray_shutdown():
 
     if ray.is_initialized():
         ray.shutdown()
-
-
-def tiny(name: str, storage: Path, demo: Path, **sections: Any) -> dict[str, Any]:
-    """A complete experiment dict with tiny models; ``sections`` replace top-level sections."""
-    cfg: dict[str, Any] = {
-        "name": name,
-        "storage": str(storage),
-        "data": {"demo": {"dir": str(demo), "seed": 0}},
-        "cyclegan": {
-            "model": {"ngf": 8, "n_blocks": 1, "ndf": 8, "n_layers_d": 2},
-            "iters": 10,
-            "batch_size": 2,
-            "patch_size": 24,
-            "eval_every": 10,
-            "checkpoint_every": 10,
-        },
-        "sr": {
-            "model": {"channels": 8, "n_blocks": 1, "d_channels": 8},
-            "pretrain": {"iters": 6},
-            "gan": {"iters": 10, "content": {"type": "mse"}},
-            "batch_size": 2,
-            "patch_size": 32,
-            "eval_every": 5,
-            "checkpoint_every": 5,
-        },
-        "eval": {"metrics": ["psnr", "ssim"]},
-        "resources": {"workers": 1, "cpus_per_worker": 1},
-        "search": {
-            "method": "grid",
-            "metric": {"name": "unknown/psnr"},
-            "parameters": {"sr.mix_prob": {"values": [0.0, 1.0]}},
-            "seeds": [0],
-        },
-    }
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key] = {**cfg[key], **value}
-        else:
-            cfg[key] = value
-    return cfg
 
 
 def run(raw: dict[str, Any], **kw: Any):

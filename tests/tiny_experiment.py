@@ -1,0 +1,50 @@
+"""The tiny experiment that Ray-level tests run (sweeps, cluster): tiny models on the demo data.
+
+Shared by tests/test_sweep_ray.py and tests/test_cluster.py (import it like ``http_server``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def tiny(name: str, storage: Path, demo: Path, **sections: Any) -> dict[str, Any]:
+    """A complete experiment dict: a 2-trial grid over ``sr.mix_prob`` in {0, 1}, 10 GAN steps each.
+
+    ``sections`` replace top-level sections; a dict given for a dict section is merged one level deep.
+    """
+    cfg: dict[str, Any] = {
+        "name": name,
+        "storage": str(storage),
+        "data": {"demo": {"dir": str(demo), "seed": 0}},
+        "cyclegan": {
+            "model": {"ngf": 8, "n_blocks": 1, "ndf": 8, "n_layers_d": 2},
+            "iters": 10,
+            "batch_size": 2,
+            "patch_size": 24,
+            "eval_every": 10,
+            "checkpoint_every": 10,
+        },
+        "sr": {
+            "model": {"channels": 8, "n_blocks": 1, "d_channels": 8},
+            "pretrain": {"iters": 6},
+            "gan": {"iters": 10, "content": {"type": "mse"}},
+            "batch_size": 2,
+            "patch_size": 32,
+            "eval_every": 5,
+            "checkpoint_every": 5,
+        },
+        "eval": {"metrics": ["psnr", "ssim"]},
+        "resources": {"workers": 1, "cpus_per_worker": 1},
+        "search": {
+            "method": "grid",
+            "metric": {"name": "unknown/psnr"},
+            "parameters": {"sr.mix_prob": {"values": [0.0, 1.0]}},
+            "seeds": [0],
+        },
+    }
+    for key, value in sections.items():
+        merge = isinstance(value, dict) and isinstance(cfg.get(key), dict)
+        cfg[key] = {**cfg[key], **value} if merge else value
+    return cfg

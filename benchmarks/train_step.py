@@ -4,7 +4,7 @@ For each of the SRGAN GAN-phase step (G + D + VGG content loss) and the CycleGAN
 two PatchGANs, cycle/identity/LSGAN losses, image pools, LR schedulers), in the SAME process:
 
 * "ours": the trainers' real step code — :class:`csrgan.train.srgan.SRStep` and
-  ``csrgan.train.cyclegan._Trainer.train_step`` (fed the same fixed batch, so data loading, which the
+  :meth:`csrgan.train.cyclegan.CycleGANLoop.train_step` (fed the same fixed batch, so data loading, which
   trainers do outside the step, is not measured on either side);
 * "bare": a plain PyTorch loop with the same networks (identical initial weights), the same losses and
   optimisers, written inline.
@@ -140,16 +140,6 @@ def srgan_bench(size: dict[str, int], device: torch.device, amp: bool, channels_
 
 
 # -------------------------------------------------------------------------------------------- CycleGAN
-class _FixedBatch:
-    """Stands in for the trainer's data object: the same (x, y) batch at every step."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x, self.y
-
-
 def _scratch_dir() -> Path:
     """An out_dir for the trainer's context (train_step writes nothing there); removed at exit."""
     path = Path(tempfile.mkdtemp(prefix="csrgan-bench-"))
@@ -157,9 +147,22 @@ def _scratch_dir() -> Path:
     return path
 
 
+def _fixed_batch_loop(cfg: Any, ctx: Any, x: torch.Tensor, y: torch.Tensor) -> Any:
+    """The real CycleGAN loop (networks, optimisers, schedulers, pools, step), fed one fixed batch."""
+    from csrgan.train.cyclegan import CycleGANLoop
+
+    class FixedBatch(CycleGANLoop):
+        def _build_data(self) -> None:  # no image folders: the step's input is the fixed batch
+            pass
+
+        def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return x, y
+
+    return FixedBatch(cfg, ctx)
+
+
 def cyclegan_bench(size: dict[str, int], device: torch.device, amp: bool, channels_last: bool) -> Bench:
     from csrgan.config import validate_config
-    from csrgan.losses import GANLoss, ImagePool
     from csrgan.train import cyclegan as cg_mod
     from csrgan.train.context import LocalContext
 
@@ -169,7 +172,8 @@ def cyclegan_bench(size: dict[str, int], device: torch.device, amp: bool, channe
             "name": "bench",
             "data": {"train_hr": "unused", "real_lr": "unused"},
             "cyclegan": {
-                "model": {"ngf": size["ngf"], "n_blocks": size["cg_blocks"], "ndf": size["ndf"]},
+                "generator": {"ngf": size["ngf"], "n_blocks": size["cg_blocks"]},
+                "discriminator": {"ndf": size["ndf"]},
                 "iters": 10**9,
                 "batch_size": size["cg_batch"],
                 "patch_size": size["cg_patch"],
@@ -178,43 +182,18 @@ def cyclegan_bench(size: dict[str, int], device: torch.device, amp: bool, channe
         }
     )
     cg = cfg.cyclegan
-    nets0 = cg_mod._build_nets(cfg)
-    for _, net in nets0.items():
-        net.to(device, memory_format=fmt)
     n, px = cg.batch_size, cg.patch_size
     x = torch.rand(n, 3, px, px, device=device).contiguous(memory_format=fmt)
     y = torch.rand(n, 3, px, px, device=device).contiguous(memory_format=fmt)
     decay = cg_mod.LinearDecay.from_config(cg)
 
-    # ours: the trainer's own step method
-    nets1 = copy.deepcopy(nets0)
-    opt_G1 = torch.optim.Adam(
-        [*nets1.G_A.parameters(), *nets1.G_B.parameters()], lr=cg.lr, betas=(cg.beta1, 0.999)
-    )
-    opt_D1 = torch.optim.Adam(
-        [*nets1.D_A.parameters(), *nets1.D_B.parameters()], lr=cg.lr, betas=(cg.beta1, 0.999)
-    )
-    trainer = cg_mod._Trainer(
-        cfg=cfg,
-        ctx=LocalContext(_scratch_dir(), device=device),
-        nets=nets1,
-        opt_G=opt_G1,
-        opt_D=opt_D1,
-        sched_G=torch.optim.lr_scheduler.LambdaLR(opt_G1, decay),
-        sched_D=torch.optim.lr_scheduler.LambdaLR(opt_D1, decay),
-        pools={
-            k: ImagePool(cg.pool_size, generator=torch.Generator().manual_seed(i))
-            for i, k in enumerate(("fake_Y", "fake_X"))
-        },  # fmt: skip
-        data=_FixedBatch(x, y),  # type: ignore[arg-type]
-        gan_loss=GANLoss("lsgan"),
-        amp=amp,
-    )
+    # ours: the trainer's own step method (identical initial weights for both sides)
+    trainer = _fixed_batch_loop(cfg, LocalContext(_scratch_dir(), device=device), x, y)
+    nets0 = {k: copy.deepcopy(v) for k, v in trainer.nets.items()}
     step_counter = iter(range(10**9))
 
     # bare: the same algorithm inline (junyanz's optimize_parameters)
-    nets2 = copy.deepcopy(nets0)
-    G_A, G_B, D_A, D_B = nets2.G_A, nets2.G_B, nets2.D_A, nets2.D_B
+    G_A, G_B, D_A, D_B = (nets0[k] for k in ("G_A", "G_B", "D_A", "D_B"))
     opt_G = torch.optim.Adam([*G_A.parameters(), *G_B.parameters()], lr=cg.lr, betas=(cg.beta1, 0.999))
     opt_D = torch.optim.Adam([*D_A.parameters(), *D_B.parameters()], lr=cg.lr, betas=(cg.beta1, 0.999))
     sched = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (opt_G, opt_D)]

@@ -1,7 +1,9 @@
 """csrgan: real-world super-resolution experiments (CycleGAN-made real-like LR + SRGAN) at scale.
 
-Pipeline, in package order: ``data`` (images, resize, degradations) -> ``models`` / ``losses`` ->
-``train`` (per-worker loops) -> ``sweep`` (Ray Tune + Train orchestration) -> ``results`` (Parquet).
+Pipeline, in package order: ``registry`` / ``config`` (names and the experiment schema) -> ``data``
+(images, resize, degradations) -> ``models`` / ``losses`` / ``metrics`` -> ``train`` (the loop skeleton,
+the stage algorithms, one launcher) -> ``sweep`` (Ray Tune orchestration) -> ``results`` (Parquet),
+with ``cli`` on top. Imports only ever point down this list.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -5,6 +5,10 @@ Every section is a pydantic model with ``extra="forbid"``: a typo is an error th
 silently ignored key. YAML is read with ``yaml.safe_load``; ``--set a.b=c`` overrides are parsed as YAML
 scalars (never ``eval``) and then validated by the same schema, so they are typed like the file.
 
+Networks, losses and metrics are named, not enumerated: ``sr.generator: {type: srresnet, channels: 32}``
+is checked against :data:`csrgan.registry.SR_GENERATORS` (the name, then every argument against the
+constructor's signature), so a new network or loss is one registered class plus YAML (docs/extending.md).
+
 Paper symbols: ``sr.mix_prob`` is the report's *p* (probability that a training LR is the CycleGAN's
 real-like G(bicubic LR) instead of the bicubic LR); ``cyclegan.lambda_cycle`` is λ in Zhu et al.
 """
@@ -13,13 +17,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from csrgan import registry as R
+from csrgan.storage import StorageError, storage_root
 
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
 PosInt = Annotated[int, Field(gt=0)]
@@ -29,9 +37,91 @@ NonNegFloat = Annotated[float, Field(ge=0.0)]
 
 
 class Strict(BaseModel):
-    """Base for every section: unknown keys are errors; assignments are validated too."""
+    """Base for every section: unknown keys are errors; assignments are validated too.
+
+    ``MOVED`` maps keys of earlier csrgan versions to where they went: an error that says so
+    (``SECTION`` is the section's dotted name in those messages).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    SECTION: ClassVar[str] = ""
+    MOVED: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        for old, new in cls.MOVED.items():
+            if isinstance(data, dict) and old in data:
+                raise ValueError(f"`{cls.SECTION}.{old}` is gone: {new}")
+        return data
+
+
+class ComponentSpec(BaseModel):
+    """``{type: NAME, **arguments}``: something built through a registry (:mod:`csrgan.registry`).
+
+    ``type`` must be registered; the other keys are the constructor's arguments, checked against its
+    signature and type hints and completed with its defaults (so the dumped config, and every key
+    hashed from it, names every argument). Arguments are read as attributes (``spec.channels``) or
+    all at once with :meth:`kwargs`.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    registry: ClassVar[R.Registry]
+    type: str
+
+    @model_validator(mode="after")
+    def _against_registry(self) -> ComponentSpec:
+        reserved = set(type(self).model_fields)
+        args = {k: v for k, v in (self.model_extra or {}).items() if k not in reserved}
+        try:
+            self.__pydantic_extra__ = self.registry.validate(self.type, args)
+        except R.RegistryError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def kwargs(self) -> dict[str, Any]:
+        """The constructor's arguments from the config (injected ones are added by the builder)."""
+        return dict(self.model_extra or {})
+
+
+def _registered(reg: R.Registry) -> Any:
+    """A ``str`` field whose value must be a name in ``reg`` (an unknown one lists the known names)."""
+
+    def check(value: str) -> str:
+        if value not in reg:
+            raise ValueError(f"unknown {reg.kind} {value!r}; known: {', '.join(reg.names())}")
+        return value
+
+    from pydantic import AfterValidator
+
+    return Annotated[str, AfterValidator(check)]
+
+
+def _component(name: str, registry: R.Registry, default: str) -> type[ComponentSpec]:
+    """A :class:`ComponentSpec` subclass for ``registry`` whose ``type`` defaults to ``default``."""
+    namespace = {"__module__": __name__, "__annotations__": {"type": str}, "type": default}
+    return type(name, (ComponentSpec,), {**namespace, "registry": registry})
+
+
+SRGeneratorSpec = _component("SRGeneratorSpec", R.SR_GENERATORS, "srresnet")
+SRDiscriminatorSpec = _component("SRDiscriminatorSpec", R.SR_DISCRIMINATORS, "srgan")
+DegradationGeneratorSpec = _component("DegradationGeneratorSpec", R.DEGRADATION_GENERATORS, "resnet")
+DegradationCriticSpec = _component("DegradationCriticSpec", R.DEGRADATION_CRITICS, "patchgan")
+
+
+class LossSpec(ComponentSpec):
+    """A weighted loss term: ``{type: vgg, weight: 1.0, layer: relu5_4}`` (``weight`` is not an argument)."""
+
+    registry = R.LOSSES
+    type: str = "vgg"
+    weight: NonNegFloat = 1.0
+
+
+_MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+ModuleName = Annotated[str, Field(pattern=_MODULE_PATTERN)]
+LossName = _registered(R.LOSSES)
+GANLossName = _registered(R.GAN_LOSSES)
+MetricName = _registered(R.METRICS)
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -87,13 +177,6 @@ class DataConfig(Strict):
 
 
 # ----------------------------------------------------------------------------------------------- cyclegan
-class CycleGANModelConfig(Strict):
-    ngf: PosInt = 64
-    n_blocks: PosInt = 9
-    ndf: PosInt = 64
-    n_layers_d: PosInt = 3
-
-
 class CycleGANConfig(Strict):
     """Stage 1: learn G: X (bicubic LR) -> Y (real LR) from unpaired patches (Zhu et al. 2017).
 
@@ -102,7 +185,12 @@ class CycleGANConfig(Strict):
     """
 
     seed: NonNegInt = 0
-    model: CycleGANModelConfig = CycleGANModelConfig()
+    generator: DegradationGeneratorSpec = Field(
+        default_factory=DegradationGeneratorSpec, description="G and F: {type: resnet, ngf, n_blocks, ...}"
+    )
+    discriminator: DegradationCriticSpec = Field(
+        default_factory=DegradationCriticSpec, description="D_X and D_Y: {type: patchgan, ndf, n_layers}"
+    )
     iters: PosInt = 20_000
     decay_start: NonNegInt | None = Field(
         default=None, description="iteration where linear LR decay to 0 starts; default iters // 2"
@@ -117,6 +205,12 @@ class CycleGANConfig(Strict):
     eval_every: PosInt = 1000
     checkpoint_every: PosInt = 1000
 
+    SECTION = "cyclegan"
+    MOVED = {
+        "model": "use cyclegan.generator: {type: resnet, ngf, n_blocks} and cyclegan.discriminator: "
+        "{type: patchgan, ndf, n_layers} (n_layers_d is now discriminator.n_layers)"
+    }
+
     @model_validator(mode="after")
     def _decay(self) -> CycleGANConfig:
         if self.decay_start is not None and self.decay_start > self.iters:
@@ -125,26 +219,12 @@ class CycleGANConfig(Strict):
 
 
 # -------------------------------------------------------------------------------------------------- srgan
-class SRModelConfig(Strict):
-    channels: PosInt = 64
-    n_blocks: PosInt = 16
-    global_bicubic_skip: bool = False
-    d_channels: PosInt = 64
-
-
 class PretrainConfig(Strict):
     """Stage A: SRResNet with a pixel loss. ``iters: 0`` skips it."""
 
     iters: NonNegInt = 100_000
     lr: PosFloat = 1e-4
-    loss: Literal["mse", "l1"] = "mse"
-
-
-class ContentLossConfig(Strict):
-    type: Literal["vgg", "mse", "l1"] = "vgg"
-    layer: str = Field(default="relu5_4", description="VGG19 layer (paper: φ5,4 after ReLU)")
-    feature_scale: PosFloat = Field(default=1.0, description="SRGAN paper rescaled VGG features by 1/12.75")
-    weight: NonNegFloat = 1.0
+    loss: LossName = Field(default="mse", description="a name in the loss registry")
 
 
 class GANStageConfig(Strict):
@@ -152,16 +232,25 @@ class GANStageConfig(Strict):
 
     iters: NonNegInt = 100_000
     lr: PosFloat = 1e-4
-    content: ContentLossConfig = ContentLossConfig()
+    content: LossSpec = Field(
+        default_factory=LossSpec,
+        description="{type: vgg|mse|l1, weight, **arguments}; vgg: layer (paper: relu5_4), feature_scale "
+        "(the SRGAN paper rescaled VGG features by 1/12.75), criterion",
+    )
     adv_weight: NonNegFloat = 1e-3
     pixel_weight: NonNegFloat = 0.0
-    gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
+    gan_mode: GANLossName = Field(default="vanilla", description="a name in GAN_LOSSES")
 
 
 class SRGANConfig(Strict):
     """Stage 2: SRGAN x``data.scale`` trained on HR paired with real-like LR w.p. ``mix_prob``."""
 
-    model: SRModelConfig = SRModelConfig()
+    generator: SRGeneratorSpec = Field(
+        default_factory=SRGeneratorSpec, description="{type: srresnet, channels, n_blocks, ...}"
+    )
+    discriminator: SRDiscriminatorSpec = Field(
+        default_factory=SRDiscriminatorSpec, description="{type: srgan, channels, dense_units}"
+    )
     mix_prob: Prob = Field(default=1.0, description="p: chance a training LR is G(bicubic LR); 0 = SRGAN")
     pretrain: PretrainConfig = PretrainConfig()
     gan: GANStageConfig = GANStageConfig()
@@ -169,6 +258,12 @@ class SRGANConfig(Strict):
     patch_size: PosInt = Field(default=96, description="HR patch side; must be a multiple of the scale")
     eval_every: PosInt = 1000
     checkpoint_every: PosInt = 1000
+
+    SECTION = "sr"
+    MOVED = {
+        "model": "use sr.generator: {type: srresnet, channels, n_blocks, global_bicubic_skip} and "
+        "sr.discriminator: {type: srgan, channels} (d_channels is now discriminator.channels)"
+    }
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -185,7 +280,9 @@ class LPIPSConfig(Strict):
 
 
 class EvalConfig(Strict):
-    metrics: list[Literal["psnr", "ssim", "lpips"]] = ["psnr", "ssim", "lpips"]
+    metrics: list[MetricName] = Field(
+        default_factory=lambda: ["psnr", "ssim", "lpips"], description="names in the metric registry"
+    )
     lpips: LPIPSConfig = LPIPSConfig()
     tile: NonNegInt = Field(default=0, description="tile side for large images (0 = whole image)")
     grid_images: NonNegInt = Field(default=2, description="images per LR/SR/HR comparison PNG")
@@ -243,8 +340,16 @@ class ParamSpec(Strict):
 
 
 class MetricSpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+/(psnr|ssim|lpips)$", description="<testset>/<metric>")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_]+$", description="<testset>/<metric>")
     goal: Literal["maximize", "minimize"] = "maximize"
+
+    @field_validator("name")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        metric = v.rsplit("/", 1)[1]
+        if metric not in R.METRICS:
+            raise ValueError(f"unknown metric {metric!r} in {v!r}; known: {', '.join(R.METRICS.names())}")
+        return v
 
 
 class ASHAConfig(Strict):
@@ -291,7 +396,12 @@ class SearchConfig(Strict):
 class ExperimentConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: NonNegInt = 0
-    storage: str = Field(default="results", description="folder or s3:// / gs:// URI for results")
+    plugins: list[ModuleName] = Field(
+        default_factory=list,
+        description="modules imported before validation, to register your own networks/losses "
+        "(docs/extending.md)",
+    )
+    storage: str = Field(default="results", description="results/stages folder (csrgan.storage: URI policy)")
     data: DataConfig
     cyclegan: CycleGANConfig = CycleGANConfig()
     sr: SRGANConfig = SRGANConfig()
@@ -299,6 +409,15 @@ class ExperimentConfig(Strict):
     weights: WeightsConfig = WeightsConfig()
     resources: ResourcesConfig = ResourcesConfig()
     search: SearchConfig | None = None
+
+    @field_validator("storage")
+    @classmethod
+    def _writable_storage(cls, v: str) -> str:
+        try:
+            storage_root(v)
+        except StorageError as exc:
+            raise ValueError(str(exc)) from None
+        return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
@@ -329,7 +448,10 @@ class ConfigError(ValueError):
 def _check_path_exists(cfg: BaseModel, dotted: str) -> None:
     node: Any = cfg
     for part in dotted.split("."):
-        if isinstance(node, BaseModel) and part in type(node).model_fields:
+        known = isinstance(node, BaseModel) and (
+            part in type(node).model_fields or part in (node.model_extra or {})  # a ComponentSpec argument
+        )
+        if known:
             node = getattr(node, part)
         else:
             raise ValueError(f"search.parameters: {dotted!r} is not a config field (no {part!r})")
@@ -385,9 +507,30 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _import_plugins(raw: dict[str, Any], source: str) -> None:
+    """Import the experiment's ``plugins`` (modules that register networks/losses) before validating.
+
+    Only well-formed module names are imported; anything else is left to the schema to report.
+    """
+    plugins = raw.get("plugins")
+    if not isinstance(plugins, list):
+        return
+    for i, name in enumerate(plugins):
+        if not (isinstance(name, str) and re.fullmatch(_MODULE_PATTERN, name)):
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any failure of the user's module, named
+            raise ConfigError(
+                f"{source}: invalid experiment config (1 problem(s))\n  - plugins.{i}: cannot import "
+                f"{name!r} ({type(exc).__name__}: {exc}); it must be importable here and on every worker"
+            ) from None
+
+
 def validate_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    _import_plugins(raw, source)
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
@@ -407,12 +550,7 @@ def _check_search_values(cfg: ExperimentConfig, source: str) -> None:
         for form in ("values", "uniform", "log_uniform", "int_uniform"):
             candidates = getattr(spec, form)
             for i, value in enumerate(candidates or []):
-                trial = copy.deepcopy(base)
-                node = trial
-                *parents, leaf = name.split(".")
-                for p in parents:
-                    node = node[p]
-                node[leaf] = value
+                trial = _set_dotted(copy.deepcopy(base), name, value)
                 try:
                     ExperimentConfig.model_validate(trial)
                 except ValidationError as exc:
@@ -449,12 +587,18 @@ def with_params(cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConf
     """A copy of ``cfg`` with dotted parameters set (a sweep trial's config), validated again."""
     raw = cfg.model_dump(mode="json")
     for key, value in params.items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        _set_dotted(raw, key, value)
     return validate_config(raw, source=f"{cfg.name} with {params}")
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """``raw[a][b][c] = value`` for ``"a.b.c"`` in a dumped config (the sections exist); returns ``raw``."""
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    return raw
 
 
 def get_dotted(cfg: BaseModel, dotted: str) -> Any:
@@ -473,47 +617,3 @@ def stable_hash(obj: Any, length: int = 12) -> str:
 
 def config_hash(cfg: ExperimentConfig) -> str:
     return stable_hash(cfg.model_dump(mode="json"))
-
-
-def cyclegan_stage_key(cfg: ExperimentConfig) -> str:
-    """Everything that changes the CycleGAN stage's result, and nothing else (so SR trials reuse it)."""
-    d = cfg.data
-    return stable_hash(
-        {
-            "stage": "cyclegan-v1",
-            "data": {
-                "demo": d.demo and d.demo.model_dump(),
-                "train_hr": d.train_hr,
-                "real_lr": d.real_lr,
-                "scale": d.scale,
-            },
-            "cyclegan": cfg.cyclegan.model_dump(mode="json", exclude={"eval_every", "checkpoint_every"}),
-            "workers": cfg.resources.workers,
-        }
-    )
-
-
-def pretrain_stage_key(cfg: ExperimentConfig) -> str:
-    """Everything that changes SRResNet pre-training (stage A). ``mix_prob`` is included: the LR source
-    already matters in pre-training; with p=0 the CycleGAN is not an input."""
-    d = cfg.data
-    cg = cyclegan_stage_key(cfg) if cfg.sr.mix_prob > 0 else None
-    return stable_hash(
-        {
-            "stage": "pretrain-v1",
-            "seed": cfg.seed,
-            "data": {
-                "demo": d.demo and d.demo.model_dump(),
-                "train_hr": d.train_hr,
-                "train_lr": d.train_lr,
-                "scale": d.scale,
-            },
-            "cyclegan": cg,
-            "mix_prob": cfg.sr.mix_prob,
-            "model": cfg.sr.model.model_dump(mode="json"),
-            "pretrain": cfg.sr.pretrain.model_dump(mode="json"),
-            "batch_size": cfg.sr.batch_size,
-            "patch_size": cfg.sr.patch_size,
-            "workers": cfg.resources.workers,
-        }
-    )

@@ -1,8 +1,8 @@
 """Apply a trained SR generator to images: ``csrgan upscale`` and the model side of ``csrgan evaluate``.
 
 The generator comes from a run's ``final/`` folder or any SR checkpoint folder
-(:func:`csrgan.train.srgan.load_sr_generator`). Large images go through
-:func:`csrgan.train.evaluation.tiled_forward`: one ``tile + 2*overlap`` LR tile at a time on the device,
+(:func:`csrgan.models.artifacts.load_generator`). Large images go through
+:func:`csrgan.models.tiling.tiled_forward`: one ``tile + 2*overlap`` LR tile at a time on the device,
 the SR image assembled on the CPU, so memory is bounded by the tile, not the image (apart from the
 uint8 input and the float output, which live in host memory). With ``overlap`` at least the
 generator's receptive-field radius in LR px the tiled result equals the untiled one up to float
@@ -13,21 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from csrgan.data.io import list_images, read_image, to_tensor, to_uint8, write_image
+from csrgan.models.artifacts import load_with_spec
+from csrgan.models.tiling import tiled_forward
 
 __all__ = [
     "DEFAULT_OVERLAP",
     "DEFAULT_TILE",
     "ModelUpscaler",
-    "evaluate_checkpoint",
     "expand_inputs",
-    "load_generator",
     "model_upscaler",
     "upscale_paths",
 ]
@@ -47,26 +46,6 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def load_generator(checkpoint: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The SR generator of a ``final/`` or checkpoint folder, in eval mode on ``device``."""
-    from csrgan.train.srgan import load_sr_generator
-
-    return load_sr_generator(Path(checkpoint), device=_device(device))
-
-
-def _scale_of(model: nn.Module, checkpoint: str | Path, scale: int | None) -> int:
-    model_scale = int(getattr(model, "scale", 0)) or None
-    if model_scale is None:
-        if scale is None:
-            raise ValueError(f"{checkpoint}: the generator does not record its scale; pass --scale")
-        return scale
-    if scale is not None and scale != model_scale:
-        raise ValueError(
-            f"{checkpoint}: the generator upscales x{model_scale}, but scale {scale} was asked for"
-        )
-    return model_scale
-
-
 class ModelUpscaler:
     """``uint8 (h, w, 3) -> uint8 (s*h, s*w, 3)`` with a trained generator (tiled when ``tile > 0``)."""
 
@@ -77,8 +56,6 @@ class ModelUpscaler:
 
     @torch.no_grad()
     def __call__(self, lr: np.ndarray) -> np.ndarray:
-        from csrgan.train.evaluation import tiled_forward
-
         # The LR stays on the CPU: tiled_forward moves one tile at a time to the model's device and
         # assembles the SR image on the LR's device, which bounds accelerator memory.
         sr = tiled_forward(self.model, to_tensor(lr), self.scale, tile=self.tile, overlap=self.overlap)
@@ -92,10 +69,10 @@ def model_upscaler(
     scale: int | None = None,
     overlap: int = DEFAULT_OVERLAP,
 ) -> ModelUpscaler:
-    """The generator in ``checkpoint`` as an upscaler. ``scale``, when given, must match the generator's
-    own (a x4 model cannot score a x2 set)."""
-    model = load_generator(checkpoint, device)
-    return ModelUpscaler(model, _scale_of(model, checkpoint, scale), tile=tile, overlap=overlap)
+    """The generator in ``checkpoint`` as an upscaler, at the scale its spec records. ``scale``, when
+    given, must match it (a x4 model cannot score a x2 set)."""
+    model, spec = load_with_spec(Path(checkpoint), "sr", device=_device(device), scale=scale)
+    return ModelUpscaler(model, spec.scale, tile=tile, overlap=overlap)
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -149,37 +126,3 @@ def upscale_paths(
         bar.set_postfix_str(src.name)
         write_image(dst, up(read_image(src)))
     return targets
-
-
-def evaluate_checkpoint(
-    checkpoint: str | Path,
-    hr_dir: str | Path,
-    lr_dir: str | Path | None = None,
-    scale: int | None = None,
-    metrics: Sequence[str] = ("psnr", "ssim"),
-    lpips_cfg: Any = None,
-    device: str | torch.device = "cpu",
-    tile: int = 0,
-) -> dict[str, Any]:
-    """PSNR/SSIM/LPIPS of the generator in ``checkpoint`` on ``hr_dir`` (LR from ``lr_dir`` or bicubic).
-
-    Returns :func:`csrgan.evaluate.evaluate_folder`'s ``{"mean": {...}, "images": [...], "n", "protocol"}``
-    plus ``"scale"``, ``"checkpoint"`` and ``"lpips_weights"`` (the LPIPS backbone's provenance).
-    ``lpips_cfg`` is a :class:`csrgan.config.LPIPSConfig` (default: AlexNet weights from the cache,
-    not optional).
-    """
-    from csrgan.config import EvalConfig, LPIPSConfig
-    from csrgan.data.datasets import TestSet
-    from csrgan.evaluate import evaluate_folder
-    from csrgan.train.evaluation import build_lpips
-
-    up = model_upscaler(checkpoint, device=device, tile=tile, scale=scale)
-    s = up.scale
-    lpips = build_lpips(EvalConfig(metrics=list(metrics), lpips=lpips_cfg or LPIPSConfig()), device=device)
-    result = evaluate_folder(TestSet("checkpoint", hr_dir, lr_dir, scale=s), up, metrics, lpips)
-    return {
-        **result,
-        "scale": s,
-        "checkpoint": str(checkpoint),
-        "lpips_weights": getattr(lpips, "provenance", None),
-    }

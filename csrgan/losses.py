@@ -1,10 +1,12 @@
 """Losses for SRGAN and CycleGAN, plus CycleGAN's image history buffer (:class:`ImagePool`).
 
-``LOSSES`` maps the names a YAML config uses to constructors:
+Two registries (:mod:`csrgan.registry`) map the names a YAML config uses to constructors:
 
-* ``mse``, ``l1``: pixel losses (``torch.nn.MSELoss`` / ``torch.nn.L1Loss``).
-* ``vgg``: :class:`VGGContentLoss`, SRGAN's perceptual loss ``l_VGG/i,j`` (Ledig et al. 2017, Eq. 5).
-* ``gan``: :class:`GANLoss`, adversarial loss on discriminator logits (vanilla or LSGAN).
+* ``LOSSES`` (``sr.pretrain.loss``, ``sr.gan.content``): ``mse``, ``l1`` (pixel losses) and ``vgg``
+  (:class:`VGGContentLoss`, SRGAN's perceptual loss ``l_VGG/i,j``, Ledig et al. 2017, Eq. 5). A loss
+  is called ``loss(sr, hr)``.
+* ``GAN_LOSSES`` (``sr.gan.gan_mode``): ``vanilla`` and ``lsgan``, both a :class:`GANLoss` on
+  discriminator logits, called ``loss(logits, target_is_real)``.
 
 CycleGAN's cycle-consistency and identity terms are :func:`cycle_loss` and :func:`identity_loss`.
 
@@ -21,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from csrgan.registry import Registry
+from csrgan.registry import GAN_LOSSES, LOSSES
 
 __all__ = [
+    "GAN_LOSSES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LOSSES",
@@ -36,9 +39,18 @@ __all__ = [
     "vgg19_layer_index",
 ]
 
-LOSSES = Registry("loss")
-LOSSES.register("mse")(nn.MSELoss)
-LOSSES.register("l1")(nn.L1Loss)
+
+@LOSSES.register("mse")
+def mse_loss() -> nn.Module:
+    """Pixel loss: mean squared error (``nn.MSELoss``)."""
+    return nn.MSELoss()
+
+
+@LOSSES.register("l1")
+def l1_loss() -> nn.Module:
+    """Pixel loss: mean absolute error (``nn.L1Loss``)."""
+    return nn.L1Loss()
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -83,7 +95,7 @@ def _check_vgg19_features(features: nn.Module, source: str) -> None:
         )
 
 
-@LOSSES.register("vgg")
+@LOSSES.register("vgg", injected=("weights_source", "random_init"))
 class VGGContentLoss(nn.Module):
     """SRGAN's VGG content loss: distance between VGG19 feature maps of SR and HR images.
 
@@ -154,7 +166,6 @@ class VGGContentLoss(nn.Module):
         return F.mse_loss(pred, target) if self.criterion == "mse" else F.l1_loss(pred, target)
 
 
-@LOSSES.register("gan")
 class GANLoss(nn.Module):
     """Adversarial loss on discriminator logits (any shape: ``(N, 1)`` or a PatchGAN map).
 
@@ -179,6 +190,18 @@ class GANLoss(nn.Module):
         if self.mode == "vanilla":
             return F.binary_cross_entropy_with_logits(pred_logits, target)
         return F.mse_loss(pred_logits, target)
+
+
+@GAN_LOSSES.register("vanilla")
+def vanilla_gan_loss() -> GANLoss:
+    """Binary cross-entropy on logits; the non-saturating generator loss (SRGAN)."""
+    return GANLoss("vanilla")
+
+
+@GAN_LOSSES.register("lsgan")
+def lsgan_loss() -> GANLoss:
+    """Least squares (Mao et al. 2017; the CycleGAN default)."""
+    return GANLoss("lsgan")
 
 
 def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:

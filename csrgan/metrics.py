@@ -24,17 +24,22 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from csrgan.registry import METRICS
+
+if TYPE_CHECKING:  # torch and scikit-image are imported where they are used: this module stays light
+    import torch
 
 __all__ = [
     "PROTOCOL",
+    "METRICS",
     "METRIC_NAMES",
+    "Metric",
     "MetricProtocol",
     "LPIPSMetric",
     "rgb_to_y",
@@ -98,8 +103,6 @@ PROTOCOL = MetricProtocol(
     lpips_version="0.1",
     lpips_input="full RGB uint8-rounded images, cropped by crop_border, mapped to [-1, 1]",
 )
-
-METRIC_NAMES: tuple[str, ...] = ("psnr", "ssim", "lpips")
 
 # scikit-image sizes its Gaussian window as 2 * int(truncate * sigma + 0.5) + 1; this truncate gives
 # exactly PROTOCOL.ssim_window (asserted below so a constant change cannot silently change the window).
@@ -167,6 +170,8 @@ def psnr(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> float:
     y_sr, y_hr = _y_pair(sr, hr, crop_border)
     if np.array_equal(y_sr, y_hr):
         return math.inf
+    from skimage.metrics import peak_signal_noise_ratio
+
     return float(peak_signal_noise_ratio(y_hr, y_sr, data_range=PROTOCOL.data_range))
 
 
@@ -178,6 +183,8 @@ def ssim(sr: np.ndarray, hr: np.ndarray, crop_border: int) -> float:
             f"SSIM needs at least {PROTOCOL.ssim_window}x{PROTOCOL.ssim_window} pixels after cropping "
             f"{crop_border} px, got {y_sr.shape}"
         )
+    from skimage.metrics import structural_similarity
+
     return float(
         structural_similarity(
             y_sr,
@@ -213,6 +220,8 @@ class LPIPSMetric:
         random_backbone: bool = False,
         batch_size: int = 16,
     ) -> None:
+        import torch
+
         from csrgan import weights  # deferred: loading torchvision's model table is not free
 
         if batch_size < 1:
@@ -229,8 +238,9 @@ class LPIPSMetric:
         except importlib.metadata.PackageNotFoundError:  # pragma: no cover - lpips is a dependency
             self.lpips_package_version = "unknown"
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        import torch
+
         for name, t in (("x", x), ("y", y)):
             if not isinstance(t, torch.Tensor) or not t.is_floating_point():
                 raise TypeError(f"LPIPSMetric: {name} must be a float tensor in [0, 1]")
@@ -245,15 +255,18 @@ class LPIPSMetric:
         if x.shape != y.shape:
             raise ValueError(f"LPIPSMetric: shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
         out = []
-        for i in range(0, x.shape[0], self.batch_size):
-            xb = x[i : i + self.batch_size].to(self.device, torch.float32) * 2.0 - 1.0
-            yb = y[i : i + self.batch_size].to(self.device, torch.float32) * 2.0 - 1.0
-            out.append(self.model(xb, yb, normalize=False).reshape(-1).float().cpu())
+        with torch.no_grad():
+            for i in range(0, x.shape[0], self.batch_size):
+                xb = x[i : i + self.batch_size].to(self.device, torch.float32) * 2.0 - 1.0
+                yb = y[i : i + self.batch_size].to(self.device, torch.float32) * 2.0 - 1.0
+                out.append(self.model(xb, yb, normalize=False).reshape(-1).float().cpu())
         return torch.cat(out)
 
 
 def _to_rgb_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 (H, W[, 1|3]) -> float32 (1, 3, H, W) in [0, 1]; grayscale is repeated to 3 channels."""
+    import torch
+
     if img.ndim == 2:
         img = img[..., None]
     if img.shape[2] == 1:
@@ -277,6 +290,54 @@ def gray_pair(sr: np.ndarray, hr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.floor(sr.astype(np.float64).mean(axis=2) + 0.5).astype(np.uint8), hr2
 
 
+# --------------------------------------------------------------------------------------------------
+# The metric registry
+# --------------------------------------------------------------------------------------------------
+#: ``fn(sr, hr, crop, lpips, gray)`` -> value, for uint8 SR/HR of one image.
+MetricFn = Callable[[np.ndarray, np.ndarray, int, "LPIPSMetric | None", bool], float]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What csrgan knows about one full-reference metric: how to compute it and how to read it.
+
+    ``higher_is_better`` orders results (summaries, ``search.metric`` goals); ``decimals`` is how
+    tables print it; ``needs_network`` marks metrics that load pretrained weights (LPIPS).
+    """
+
+    name: str
+    higher_is_better: bool
+    decimals: int
+    needs_network: bool
+    fn: MetricFn
+
+
+def _psnr_fn(sr: np.ndarray, hr: np.ndarray, crop: int, lpips: LPIPSMetric | None, gray: bool) -> float:
+    return psnr(*(gray_pair(sr, hr) if gray else (sr, hr)), crop)
+
+
+def _ssim_fn(sr: np.ndarray, hr: np.ndarray, crop: int, lpips: LPIPSMetric | None, gray: bool) -> float:
+    return ssim(*(gray_pair(sr, hr) if gray else (sr, hr)), crop)
+
+
+def _lpips_fn(sr: np.ndarray, hr: np.ndarray, crop: int, lpips: LPIPSMetric | None, gray: bool) -> float:
+    if lpips is None:
+        raise ValueError("metric 'lpips' requested but no LPIPSMetric given (pass lpips=LPIPSMetric(...))")
+    _y_pair(sr, hr, crop)  # same validation as PSNR/SSIM
+    return float(lpips(_to_rgb_tensor(_crop(sr, crop)), _to_rgb_tensor(_crop(hr, crop)))[0])
+
+
+_BUILT_IN = (
+    Metric("psnr", higher_is_better=True, decimals=2, needs_network=False, fn=_psnr_fn),
+    Metric("ssim", higher_is_better=True, decimals=4, needs_network=False, fn=_ssim_fn),
+    Metric("lpips", higher_is_better=False, decimals=4, needs_network=True, fn=_lpips_fn),
+)
+for _metric in _BUILT_IN:
+    METRICS.add(_metric.name, _metric)
+#: The built-in metric names, in the order tables show them.
+METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in _BUILT_IN)
+
+
 def evaluate_image(
     sr: np.ndarray,
     hr: np.ndarray,
@@ -294,24 +355,10 @@ def evaluate_image(
     """
     if isinstance(metrics, str):
         raise TypeError(f"metrics must be a sequence of names, e.g. ({metrics!r},), not a string")
-    unknown = [m for m in metrics if m not in METRIC_NAMES]
-    if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(METRIC_NAMES)}")
+    chosen = [METRICS.get(m) for m in metrics]  # unknown names: RegistryError listing the known ones
     if not isinstance(scale, int | np.integer) or scale < 1:
         raise ValueError(f"scale must be a positive int, got {scale!r}")
-    if "lpips" in metrics and lpips is None:
+    if any(m.needs_network for m in chosen) and lpips is None:
         raise ValueError("metric 'lpips' requested but no LPIPSMetric given (pass lpips=LPIPSMetric(...))")
     crop = int(scale)  # PROTOCOL.crop_rule
-    ysr, yhr = gray_pair(sr, hr) if gray else (sr, hr)
-    result: dict[str, float] = {}
-    for name in metrics:
-        if name == "psnr":
-            result["psnr"] = psnr(ysr, yhr, crop)
-        elif name == "ssim":
-            result["ssim"] = ssim(ysr, yhr, crop)
-        else:
-            _y_pair(sr, hr, crop)  # same validation as PSNR/SSIM
-            assert lpips is not None
-            value = lpips(_to_rgb_tensor(_crop(sr, crop)), _to_rgb_tensor(_crop(hr, crop)))
-            result["lpips"] = float(value[0])
-    return result
+    return {m.name: m.fn(sr, hr, crop, lpips, gray) for m in chosen}

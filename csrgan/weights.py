@@ -207,24 +207,19 @@ def resolve(name: str, source: str | Path | None = None) -> Path:
         path = Path(source).expanduser()
         if path.is_dir():
             path = path / spec.filename
-        if not path.is_file():
-            raise MissingWeightsError(
-                f"{spec.name} weights (used for: {spec.used_for}) not found at the explicitly given "
-                f"path {path}. " + _how_to_fix(spec, cache),
-                filename=path.name,
-                expected_path=path,
-                cache_dir=cache,
-            )
-        return path
-    path = cache / spec.filename
+        where = (
+            f"{spec.name} weights (used for: {spec.used_for}) not found at the explicitly given path {path}"
+        )
+    else:
+        path = cache / spec.filename
+        where = (
+            f"{spec.name} weights file {spec.filename} (used for: {spec.used_for}) not found: expected "
+            f"{path} (torch cache dir {cache}, from TORCH_HOME / torch.hub.get_dir()). Nothing is "
+            "downloaded at run time"
+        )
     if not path.is_file():
         raise MissingWeightsError(
-            f"{spec.name} weights file {spec.filename} (used for: {spec.used_for}) not found: "
-            f"expected {path} (torch cache dir {cache}, from TORCH_HOME / torch.hub.get_dir()). "
-            f"Nothing is downloaded at run time. " + _how_to_fix(spec, cache),
-            filename=spec.filename,
-            expected_path=path,
-            cache_dir=cache,
+            f"{where}. " + _how_to_fix(spec, cache), filename=path.name, expected_path=path, cache_dir=cache
         )
     return path
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from csrgan.cli.app import app
 from csrgan.metrics import PROTOCOL
+from csrgan.registry import METRICS
 
 runner = CliRunner()
 
@@ -122,6 +123,13 @@ def test_bad_arguments_exit_2(args: list[str]) -> None:
     res = evaluate(*args)
     assert res.exit_code == 2
     assert "error:" in res.output
+
+
+def test_unknown_metric_lists_the_registered_ones() -> None:
+    res = evaluate("--metrics", "psnr,fid", "--hr", "x")
+    assert res.exit_code == 2
+    assert "'fid'" in res.output
+    assert f"choose from {', '.join(METRICS.names())}" in res.output
 
 
 def test_missing_folder_exits_1(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``csrgan train`` / ``csrgan upscale`` and the stage runner behind them (csrgan.train.run), without Ray.
+"""``csrgan train`` / ``csrgan upscale`` and the launcher behind them (csrgan.train.launch/pipeline), no Ray.
 
 The commands are mounted on a local typer app here (the real root app is the lead's csrgan/cli/app.py).
 """
@@ -18,8 +18,9 @@ from csrgan.cli import train as train_cli
 from csrgan.cli import upscale as upscale_cli
 from csrgan.config import validate_config
 from csrgan.data.io import read_image, write_image
-from csrgan.train.context import LocalContext
-from csrgan.train.run import call_stage, find_artifact
+from csrgan.train.launch import launch
+from csrgan.train.pipeline import find_artifact
+from csrgan.train.stages import StageError
 
 runner = CliRunner()
 
@@ -54,7 +55,8 @@ def tiny_config(root: Path, **sr_over: object) -> Path:
             "test_sets": [{"name": "synth", "hr": str(root / "test")}],
         },
         "sr": {
-            "model": {"channels": 8, "n_blocks": 1, "d_channels": 4},
+            "generator": {"channels": 8, "n_blocks": 1},
+            "discriminator": {"channels": 4},
             "mix_prob": 0.0,
             "batch_size": 2,
             "patch_size": 32,
@@ -95,7 +97,7 @@ def test_train_srgan_local_writes_checkpoints_metrics_and_final_artefacts(tmp_pa
         assert f"[{stage}] done at step 4" in res.output
     # the GAN phase started from the pre-trained generator
     gan_run = json.loads((out / "gan" / "run.json").read_text())
-    assert gan_run["inputs"]["init_from"] == str((out / "pretrain" / "final").resolve())
+    assert gan_run["inputs"]["pretrain"] == str((out / "pretrain" / "final").resolve())
 
 
 def test_bad_set_exits_2_naming_the_field_before_anything_starts(tmp_path: Path) -> None:
@@ -188,7 +190,8 @@ def test_cyclegan_then_csrgan_pretraining_locally(tmp_path: Path) -> None:
          "degradation": "real"}
     )  # fmt: skip
     raw["cyclegan"] = {
-        "model": {"ngf": 4, "n_blocks": 1, "ndf": 4, "n_layers_d": 2},
+        "generator": {"ngf": 4, "n_blocks": 1},
+        "discriminator": {"ndf": 4, "n_layers": 2},
         "iters": 2, "patch_size": 16, "eval_every": 2, "checkpoint_every": 2,
     }  # fmt: skip
     cfg_path.write_text(yaml.safe_dump(raw))
@@ -208,7 +211,7 @@ def test_cyclegan_then_csrgan_pretraining_locally(tmp_path: Path) -> None:
     rows = _rows(out / "pretrain" / "metrics.jsonl")
     assert all(r["mix/g_fraction"] == 1.0 for r in rows)  # every training LR came from G
     run = json.loads((out / "pretrain" / "run.json").read_text())
-    assert run["inputs"]["cyclegan_g"] == str((out / "cyclegan" / "final").resolve())
+    assert run["inputs"]["cyclegan"] == str((out / "cyclegan" / "final").resolve())
 
 
 def test_upscale_command_writes_x4_images(tmp_path: Path) -> None:
@@ -237,25 +240,24 @@ def test_upscale_command_writes_x4_images(tmp_path: Path) -> None:
     assert read_image(tmp_path / "sr" / "photo.png").shape == (40, 56, 3)
 
 
-# ------------------------------------------------------------------------------------------ stage runner
-def test_call_stage_rejects_unknown_stages_and_inputs(tmp_path: Path) -> None:
+# ------------------------------------------------------------------------------------------ the launcher
+def test_launch_rejects_unknown_stages_and_inputs_the_config_does_not_use(tmp_path: Path) -> None:
     cfg = validate_config(yaml.safe_load(tiny_config(tmp_path).read_text()))
-    ctx = LocalContext(tmp_path / "ctx")
-    with pytest.raises(ValueError, match="unknown stage 'warmup'"):
-        call_stage("warmup", cfg, ctx, {})
-    with pytest.raises(ValueError, match="unexpected inputs \\['init_from'\\]"):
-        call_stage("pretrain", cfg, ctx, {"init_from": "x"})
+    with pytest.raises(StageError, match="unknown stage 'warmup'; known: cyclegan, pretrain, gan"):
+        launch("warmup", cfg, tmp_path / "x")
+    with pytest.raises(StageError, match=r"not used: \['cyclegan'\].*sr.mix_prob=0"):
+        launch("pretrain", cfg, tmp_path / "x", {"cyclegan": tmp_path})
+    p1 = cfg.model_copy(update={"sr": cfg.sr.model_copy(update={"mix_prob": 1.0})})
+    with pytest.raises(StageError, match=r"missing \['cyclegan'\]"):
+        launch("pretrain", p1, tmp_path / "x")
+    assert not (tmp_path / "x").exists()  # nothing claimed, nothing written
 
 
-def test_find_artifact_accepts_local_and_ray_layouts(tmp_path: Path) -> None:
-    local = tmp_path / "local" / "cyclegan" / "final"
-    ray = tmp_path / "ray" / "cyclegan" / "artifacts" / "final"
-    for d in (local, ray):
-        d.mkdir(parents=True)
-        (d / "generator.pt").write_bytes(b"")
-    assert find_artifact(tmp_path / "local", "cyclegan") == local.resolve()
-    assert find_artifact(tmp_path / "ray", "cyclegan") == ray.resolve()
-    assert find_artifact(tmp_path / "ray" / "cyclegan", "cyclegan") == ray.resolve()
-    assert find_artifact(local, "cyclegan") == local.resolve()
+def test_find_artifact_accepts_an_artefact_a_stage_folder_or_a_run_folder(tmp_path: Path) -> None:
+    final = tmp_path / "run" / "cyclegan" / "final"
+    final.mkdir(parents=True)
+    (final / "generator.pt").write_bytes(b"")
+    for given in (tmp_path / "run", tmp_path / "run" / "cyclegan", final):
+        assert find_artifact(given, "cyclegan") == final.resolve()
     with pytest.raises(FileNotFoundError, match="train the pretrain stage first"):
-        find_artifact(tmp_path / "local", "pretrain")
+        find_artifact(tmp_path / "run", "pretrain")

@@ -6,7 +6,9 @@ expected, before Ray starts or anything is written. The corpus below starts from
 config and breaks it in one way per case.
 
 Also specified here: ``--set`` overrides are YAML scalars typed by the schema (never ``eval``), YAML is
-read with ``safe_load``, and the hashes that key stage reuse depend on exactly what they should.
+read with ``safe_load``, and the hashes that key stage reuse (csrgan.train.keys) depend on exactly what
+they should. Networks, losses and metrics are named through registries (csrgan.registry): the known
+names in messages come from there, and a network's arguments are checked against its constructor.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from csrgan.config import (
     ConfigError,
     ExperimentConfig,
     config_hash,
-    cyclegan_stage_key,
     load_config,
     parse_override,
-    pretrain_stage_key,
+    with_params,
 )
+from csrgan.registry import GAN_LOSSES, LOSSES, METRICS
+from csrgan.train.keys import cyclegan_key, gan_key, pretrain_key
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
@@ -49,7 +52,8 @@ def base_config(tmp: Path) -> dict[str, Any]:
         "storage": str(tmp / "storage"),
         "data": {"demo": {"dir": str(tmp / "demo"), "seed": 0}, "scale": 4},
         "cyclegan": {
-            "model": {"ngf": 4, "n_blocks": 1, "ndf": 4, "n_layers_d": 1},
+            "generator": {"ngf": 4, "n_blocks": 1},
+            "discriminator": {"ndf": 4, "n_layers": 1},
             "iters": 2,
             "batch_size": 1,
             "patch_size": 8,
@@ -57,7 +61,8 @@ def base_config(tmp: Path) -> dict[str, Any]:
             "checkpoint_every": 1,
         },
         "sr": {
-            "model": {"channels": 4, "n_blocks": 1, "d_channels": 4},
+            "generator": {"channels": 4, "n_blocks": 1},
+            "discriminator": {"channels": 4},
             "mix_prob": 1.0,
             "pretrain": {"iters": 1},
             "gan": {"iters": 2, "content": {"type": "mse"}, "adv_weight": 1.0e-3},
@@ -159,8 +164,90 @@ CASES = [
     Case("section-is-a-number", ("- sr:", "valid dictionary"), _set("sr", 5)),
     Case(
         "unknown-metric",
-        ("- eval.metrics.2:", "'psnr', 'ssim' or 'lpips'"),
+        ("- eval.metrics.2:", f"unknown metric 'fid'; known: {', '.join(METRICS.names())}"),
         _set("eval.metrics", ["psnr", "ssim", "fid"]),
+    ),
+    Case(
+        "unknown-search-metric",
+        ("- search.metric.name:", "unknown metric 'niqe'", ", ".join(METRICS.names())),
+        _set("search.metric.name", "unknown/niqe"),
+    ),
+    # registered components: names and constructor arguments
+    Case(
+        "unknown-sr-generator",
+        ("- sr.generator:", "unknown SR generator 'edsr'; known:", "srresnet"),
+        _set("sr.generator", {"type": "edsr"}),
+    ),
+    Case(
+        "unknown-sr-generator-argument",
+        ("- sr.generator:", "'srresnet' has no argument(s) ['width']", "channels"),
+        _set("sr.generator.width", 8),
+    ),
+    Case(
+        "injected-sr-generator-argument",
+        ("- sr.generator:", "['scale'] are set by csrgan"),
+        _set("sr.generator.scale", 2),
+    ),
+    Case(
+        "sr-generator-argument-wrong-type",
+        ("- sr.generator:", "channels:", "valid integer", "'wide'"),
+        _set("sr.generator.channels", "wide"),
+    ),
+    Case(
+        "injected-sr-discriminator-argument",
+        ("- sr.discriminator:", "['patch_size'] are set by csrgan"),
+        _set("sr.discriminator.patch_size", 32),
+    ),
+    Case(
+        "unknown-cyclegan-generator",
+        ("- cyclegan.generator:", "unknown degradation generator 'unet'; known:", "resnet"),
+        _set("cyclegan.generator.type", "unet"),
+    ),
+    Case(
+        "cyclegan-generator-bad-norm",
+        ("- cyclegan.generator:", "norm:", "'layer'"),
+        _set("cyclegan.generator.norm", "layer"),
+    ),
+    Case(
+        "unknown-cyclegan-discriminator-argument",
+        ("- cyclegan.discriminator:", "'patchgan' has no argument(s) ['n_layers_d']", "n_layers"),
+        _set("cyclegan.discriminator.n_layers_d", 2),
+    ),
+    Case(
+        "old-sr-model-section",
+        ("- sr:", "`sr.model` is gone", "sr.generator", "discriminator.channels"),
+        _set("sr.model", {"channels": 4, "n_blocks": 1, "d_channels": 4}),
+    ),
+    Case(
+        "old-cyclegan-model-section",
+        ("- cyclegan:", "`cyclegan.model` is gone", "cyclegan.generator", "discriminator.n_layers"),
+        _set("cyclegan.model", {"ngf": 4, "n_blocks": 1, "ndf": 4, "n_layers_d": 1}),
+    ),
+    Case(
+        "mse-content-with-a-layer",  # mse takes no arguments (a VGG layer is meaningless for it)
+        ("- sr.gan.content:", "loss 'mse' has no argument(s) ['layer']"),
+        _set("sr.gan.content", {"type": "mse", "layer": "relu5_4"}),
+    ),
+    Case(
+        "unknown-content-loss",
+        ("- sr.gan.content:", "unknown loss 'perceptual'; known:", ", ".join(LOSSES.names())),
+        _set("sr.gan.content.type", "perceptual"),
+    ),
+    Case(
+        "unknown-pretrain-loss",
+        ("- sr.pretrain.loss:", "unknown loss 'huber'; known:", ", ".join(LOSSES.names())),
+        _set("sr.pretrain.loss", "huber"),
+    ),
+    Case(
+        "unknown-gan-mode",
+        ("- sr.gan.gan_mode:", "unknown GAN loss 'wgan'; known:", ", ".join(GAN_LOSSES.names())),
+        _set("sr.gan.gan_mode", "wgan"),
+    ),
+    # storage: object stores cannot be written to (file locks, SQLite)
+    Case(
+        "object-store-storage",
+        ("- storage:", "object-store URIs are not supported for writing yet", "s3://bucket/results"),
+        _set("storage", "s3://bucket/results"),
     ),
     Case(
         "decay-after-end",
@@ -246,6 +333,11 @@ CASES = [
         "searched-path-missing",
         ("search.parameters", "'sr.gan.nope' is not a config field"),
         _param("sr.gan.nope", {"values": [1]}),
+    ),
+    Case(
+        "searched-spec-argument-missing",
+        ("search.parameters", "'sr.generator.depth' is not a config field (no 'depth')"),
+        _param("sr.generator.depth", {"values": [1, 2]}),
     ),
     Case(
         "searched-path-is-section",
@@ -416,6 +508,7 @@ SEARCHED_OUT_OF_RANGE = [
     pytest.param(
         _param("sr.gan.iters", {"int_uniform": [-5, 10]}, method="random"), id="random-int-negative"
     ),
+    pytest.param(_param("sr.generator.n_blocks", {"values": [1, "two"]}), id="grid-values-spec-argument"),
 ]
 
 
@@ -474,7 +567,9 @@ def test_set_exponent_without_dot_is_a_float(ok_path: Path) -> None:
         ("sr.mix_prob=0.5", "sr.mix_prob", 0.5, float),
         ("sr.mix_prob=0", "sr.mix_prob", 0.0, float),
         ("sr.pretrain.iters=7", "sr.pretrain.iters", 7, int),
-        ("sr.model.global_bicubic_skip=true", "sr.model.global_bicubic_skip", True, bool),
+        ("sr.generator.global_bicubic_skip=true", "sr.generator.global_bicubic_skip", True, bool),
+        ("sr.generator.channels=8", "sr.generator.channels", 8, int),
+        ("cyclegan.generator.ngf=8", "cyclegan.generator.ngf", 8, int),
         ("sr.gan.content.type=l1", "sr.gan.content.type", "l1", str),
         ("eval.metrics=[psnr]", "eval.metrics", ["psnr"], list),
         ("name=other-run", "name", "other-run", str),
@@ -570,7 +665,8 @@ SR_ONLY = [
     "sr.gan.adv_weight=0.01",
     "sr.gan.iters=9",
     "sr.pretrain.iters=9",
-    "sr.model.channels=8",
+    "sr.generator.channels=8",
+    "sr.discriminator.channels=8",
     "sr.batch_size=2",
     "sr.patch_size=32",
     "eval.metrics=[psnr]",
@@ -582,7 +678,8 @@ CYCLEGAN = [
     "cyclegan.iters=3",
     "cyclegan.lambda_cycle=5",
     "cyclegan.lambda_identity=0",
-    "cyclegan.model.ngf=8",
+    "cyclegan.generator.ngf=8",
+    "cyclegan.discriminator.n_layers=2",
     "cyclegan.lr=1e-4",
     "cyclegan.patch_size=16",
     "cyclegan.seed=1",
@@ -593,19 +690,27 @@ CYCLEGAN = [
 
 @pytest.mark.parametrize("item", SR_ONLY)
 def test_cyclegan_key_ignores_sr_changes(keyed: Callable[..., ExperimentConfig], item: str) -> None:
-    assert cyclegan_stage_key(keyed(item)) == cyclegan_stage_key(keyed())
+    assert cyclegan_key(keyed(item)) == cyclegan_key(keyed())
 
 
 @pytest.mark.parametrize("item", CYCLEGAN)
 def test_cyclegan_key_follows_cyclegan_changes(keyed: Callable[..., ExperimentConfig], item: str) -> None:
-    assert cyclegan_stage_key(keyed(item)) != cyclegan_stage_key(keyed())
+    assert cyclegan_key(keyed(item)) != cyclegan_key(keyed())
 
 
 @pytest.mark.parametrize(
-    "item", ["sr.gan.adv_weight=0.01", "sr.gan.lr=3e-5", "sr.gan.iters=9", "sr.gan.content.weight=2"]
+    "item",
+    [
+        "sr.gan.adv_weight=0.01",
+        "sr.gan.lr=3e-5",
+        "sr.gan.iters=9",
+        "sr.gan.content.weight=2",
+        "sr.gan.gan_mode=lsgan",
+        "sr.discriminator.channels=8",
+    ],
 )
 def test_pretrain_key_ignores_gan_phase_changes(keyed: Callable[..., ExperimentConfig], item: str) -> None:
-    assert pretrain_stage_key(keyed(item)) == pretrain_stage_key(keyed())
+    assert pretrain_key(keyed(item)) == pretrain_key(keyed())
 
 
 @pytest.mark.parametrize(
@@ -614,20 +719,126 @@ def test_pretrain_key_ignores_gan_phase_changes(keyed: Callable[..., ExperimentC
         "sr.pretrain.iters=9",
         "sr.pretrain.lr=3e-5",
         "sr.mix_prob=0.5",
-        "sr.model.channels=8",
+        "sr.generator.channels=8",
         "cyclegan.iters=3",
         "seed=1",
     ],
 )
 def test_pretrain_key_follows_its_inputs(keyed: Callable[..., ExperimentConfig], item: str) -> None:
-    assert pretrain_stage_key(keyed(item)) != pretrain_stage_key(keyed())
+    assert pretrain_key(keyed(item)) != pretrain_key(keyed())
 
 
 def test_pretrain_key_ignores_cyclegan_when_p_is_0(keyed: Callable[..., ExperimentConfig]) -> None:
     """With p = 0 the CycleGAN is not an input of pre-training."""
-    assert pretrain_stage_key(keyed("sr.mix_prob=0", "cyclegan.iters=3")) == pretrain_stage_key(
-        keyed("sr.mix_prob=0")
-    )
+    assert pretrain_key(keyed("sr.mix_prob=0", "cyclegan.iters=3")) == pretrain_key(keyed("sr.mix_prob=0"))
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "sr.gan.adv_weight=0.01",
+        "sr.gan.content.weight=2",
+        "sr.gan.gan_mode=lsgan",
+        "sr.discriminator.channels=8",
+        "sr.pretrain.iters=9",  # the GAN phase starts from the pre-trained generator
+        "sr.generator.channels=8",
+        "sr.mix_prob=0.5",
+        "cyclegan.iters=3",
+        "seed=1",
+    ],
+)
+def test_gan_key_follows_its_inputs(keyed: Callable[..., ExperimentConfig], item: str) -> None:
+    assert gan_key(keyed(item)) != gan_key(keyed())
+
+
+def test_gan_key_ignores_cyclegan_when_p_is_0(keyed: Callable[..., ExperimentConfig]) -> None:
+    assert gan_key(keyed("sr.mix_prob=0", "cyclegan.iters=3")) == gan_key(keyed("sr.mix_prob=0"))
+
+
+KEYS = {"cyclegan": cyclegan_key, "pretrain": pretrain_key, "gan": gan_key}
+
+
+@pytest.mark.parametrize("stage", sorted(KEYS))
+@pytest.mark.parametrize(
+    "item",
+    [
+        "sr.eval_every=2",
+        "sr.checkpoint_every=2",
+        "cyclegan.eval_every=2",
+        "cyclegan.checkpoint_every=2",
+        "eval.metrics=[psnr]",
+        "eval.tile=64",
+        "resources.cpus_per_worker=2",
+    ],
+)
+def test_evaluation_and_cadence_settings_do_not_change_keys(
+    keyed: Callable[..., ExperimentConfig], stage: str, item: str
+) -> None:
+    """``eval_every`` / ``checkpoint_every``, evaluation and resources other than workers change how a
+    stage is watched, not what it computes."""
+    key = KEYS[stage]
+    assert key(keyed(item)) == key(keyed())
+
+
+@pytest.mark.parametrize("stage", sorted(KEYS))
+def test_every_key_follows_the_worker_count(keyed: Callable[..., ExperimentConfig], stage: str) -> None:
+    """The data shards depend on the number of workers."""
+    key = KEYS[stage]
+    assert key(keyed("resources.workers=2")) != key(keyed())
+
+
+def test_keys_of_the_three_stages_differ(keyed: Callable[..., ExperimentConfig]) -> None:
+    cfg = keyed()
+    assert len({cyclegan_key(cfg), pretrain_key(cfg), gan_key(cfg)}) == 3
+
+
+# ------------------------------------------------------------------------------ registered components
+def test_component_defaults_are_filled_in_and_dumped(tmp_path: Path) -> None:
+    """Every constructor argument is in the validated (and dumped, hence hashed) config."""
+    cfg = load_config(write_yaml(tmp_path / "ok.yaml", base_config(tmp_path)))
+    assert cfg.sr.generator.type == "srresnet"
+    assert cfg.sr.generator.kwargs() == {"channels": 4, "n_blocks": 1, "global_bicubic_skip": False}
+    assert cfg.sr.discriminator.kwargs() == {"channels": 4, "dense_units": None}
+    assert cfg.cyclegan.generator.kwargs() == {
+        "ngf": 4,
+        "n_blocks": 1,
+        "n_down": 2,
+        "norm": "instance",
+        "use_dropout": False,
+    }
+    assert cfg.cyclegan.discriminator.kwargs() == {"ndf": 4, "n_layers": 1, "norm": "instance"}
+    assert cfg.sr.gan.content.type == "mse" and cfg.sr.gan.content.kwargs() == {}
+    dumped = cfg.model_dump(mode="json")
+    assert dumped["sr"]["generator"] == {"type": "srresnet", **cfg.sr.generator.kwargs()}
+    assert dumped["cyclegan"]["discriminator"]["type"] == "patchgan"
+    assert load_config(write_yaml(tmp_path / "again.yaml", dumped)) == cfg
+
+
+def test_explicit_defaults_hash_like_omitted_ones(tmp_path: Path) -> None:
+    raw = base_config(tmp_path)
+    raw["sr"]["generator"].update({"type": "srresnet", "global_bicubic_skip": False})
+    explicit = load_config(write_yaml(tmp_path / "a.yaml", raw))
+    implicit = load_config(write_yaml(tmp_path / "b.yaml", base_config(tmp_path)))
+    assert config_hash(explicit) == config_hash(implicit)
+    assert pretrain_key(explicit) == pretrain_key(implicit)
+
+
+def test_vgg_content_loss_takes_its_constructor_arguments(tmp_path: Path) -> None:
+    raw = base_config(tmp_path)
+    raw["sr"]["gan"]["content"] = {"type": "vgg", "weight": 0.5, "layer": "relu2_2", "feature_scale": 0.1}
+    content = load_config(write_yaml(tmp_path / "vgg.yaml", raw)).sr.gan.content
+    assert content.weight == 0.5
+    assert content.kwargs() == {"layer": "relu2_2", "criterion": "mse", "feature_scale": 0.1}
+
+
+def test_a_spec_argument_can_be_searched(tmp_path: Path) -> None:
+    raw = base_config(tmp_path)
+    _param("sr.generator.n_blocks", {"values": [1, 2]})(raw)
+    cfg = load_config(write_yaml(tmp_path / "search.yaml", raw))
+    assert cfg.search is not None
+    assert cfg.search.parameters["sr.generator.n_blocks"].values == [1, 2]
+    trial = with_params(cfg, {"sr.generator.n_blocks": 2})  # what a trial's config is built with
+    assert trial.sr.generator.n_blocks == 2 and trial.sr.generator.channels == 4
 
 
 # ------------------------------------------------------------------------------------------- dry run

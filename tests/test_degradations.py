@@ -10,6 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from csrgan import registry
 from csrgan.cli.data import app
 from csrgan.data.degradations import (
     DEGRADATIONS,
@@ -248,6 +249,7 @@ def test_one_of_respects_weights():
 
 
 def test_registry_knows_every_op():
+    assert DEGRADATIONS is registry.DEGRADATIONS  # the one registry csrgan.registry holds
     assert {
         "gaussian_blur",
         "motion_blur",

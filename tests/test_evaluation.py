@@ -1,4 +1,5 @@
-"""Spec of csrgan.train.evaluation: tiled inference, SR / bicubic / CycleGAN-translation evaluation, LPIPS."""
+"""Spec of csrgan.evaluation and csrgan.models.tiling: tiled inference, SR / bicubic / CycleGAN-translation
+evaluation, LPIPS."""
 
 from __future__ import annotations
 
@@ -14,16 +15,16 @@ from csrgan.config import EvalConfig, LPIPSConfig
 from csrgan.config import TestSetConfig as SetConfig
 from csrgan.data.io import read_image, write_image
 from csrgan.data.resize import imresize, imresize_tensor, modcrop
-from csrgan.metrics import evaluate_image, psnr, ssim
-from csrgan.models.srgan import SRResNet
-from csrgan.train.evaluation import (
+from csrgan.evaluation import (
     build_lpips,
     evaluate_bicubic,
     evaluate_sr_model,
     evaluate_translation,
-    tiled_forward,
 )
-from csrgan.train.srgan import receptive_radius
+from csrgan.metrics import evaluate_image, psnr, ssim
+from csrgan.models.srgan import SRResNet
+from csrgan.models.tiling import tiled_forward
+from csrgan.registry import RegistryError
 from csrgan.weights import MissingWeightsError
 
 
@@ -39,9 +40,8 @@ RF_RADIUS_LR = 10
 
 
 def test_receptive_radius_formula() -> None:
-    cfg = {"arch": "SRResNet", "in_ch": 3, "channels": 8, "scale": 4, "global_bicubic_skip": False}
-    assert receptive_radius({**cfg, "n_blocks": 1}) == RF_RADIUS_LR
-    assert receptive_radius({**cfg, "n_blocks": 16}) == 40  # paper size: 39.5
+    assert _tiny_srresnet().receptive_radius == RF_RADIUS_LR
+    assert SRResNet(channels=8, n_blocks=16, scale=4).receptive_radius == 40  # paper size: 39.5
 
 
 def test_tiled_forward_equals_untiled_when_overlap_covers_the_receptive_field() -> None:
@@ -151,9 +151,42 @@ def test_no_reference_sets_get_a_grid_but_no_metrics(tmp_path: Path) -> None:
     assert (tmp_path / "grids" / "real_step0.png").is_file()
 
 
+class _RecordingBicubic:
+    """A bicubic "network" that records the LR tile sizes it is given."""
+
+    def __init__(self, receptive_radius: int | None) -> None:
+        if receptive_radius is not None:
+            self.receptive_radius = receptive_radius
+        self.sizes: list[tuple[int, int]] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append((x.shape[-2], x.shape[-1]))
+        return imresize_tensor(x, scale=4)
+
+
+@pytest.mark.parametrize(("radius", "overlap"), [(3, 3), (None, 16)])
+def test_sr_model_evaluation_overlap_defaults_to_the_receptive_radius(
+    shared_datasets: Path, radius: int | None, overlap: int
+) -> None:
+    """Each tile gets ``receptive_radius`` LR px of context (16 for a function without one)."""
+    net = _RecordingBicubic(radius)
+    evaluate_sr_model(net, [_set5(shared_datasets, 1)], 4, ["psnr"], lpips=None, device="cpu", tile=8)
+    assert max(max(hw) for hw in net.sizes) == 8 + 2 * overlap
+
+
+def test_sr_model_evaluation_with_the_default_overlap_equals_untiled(shared_datasets: Path) -> None:
+    ts = _set5(shared_datasets, 1)
+    net = _tiny_srresnet()
+    whole = evaluate_sr_model(net, [ts], 4, ["psnr"], lpips=None, device="cpu", tile=0)
+    tiled = evaluate_sr_model(net, [ts], 4, ["psnr"], lpips=None, device="cpu", tile=16)
+    seams = evaluate_sr_model(net, [ts], 4, ["psnr"], lpips=None, device="cpu", tile=16, overlap=0)
+    assert tiled["Set5/psnr"] == pytest.approx(whole["Set5/psnr"], abs=1e-3)
+    assert abs(seams["Set5/psnr"] - whole["Set5/psnr"]) > 1e-3
+
+
 def test_unknown_metric_is_an_error(tmp_path: Path) -> None:
     write_image(tmp_path / "HR" / "a.png", np.zeros((32, 32, 3), np.uint8))
-    with pytest.raises(ValueError, match="niqe"):
+    with pytest.raises(RegistryError, match="unknown metric 'niqe'; known: .*psnr"):
         evaluate_bicubic([SetConfig(name="x", hr=str(tmp_path / "HR"))], 4, ["niqe"])
 
 
@@ -219,9 +252,9 @@ def test_build_lpips_missing_weights_optional_warns_once_and_returns_none(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cfg = EvalConfig(lpips=LPIPSConfig(source=str(tmp_path / "nope.pth"), optional=True))
-    with caplog.at_level(logging.WARNING, logger="csrgan.train.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="csrgan.evaluation"):
         assert build_lpips(cfg) is None
-    warnings = [r for r in caplog.records if r.name == "csrgan.train.evaluation"]
+    warnings = [r for r in caplog.records if r.name == "csrgan.evaluation"]
     assert len(warnings) == 1 and "LPIPS DISABLED" in warnings[0].getMessage()
     err = capsys.readouterr().err
     assert err.count("LPIPS DISABLED") == 1 and "nope.pth" in err

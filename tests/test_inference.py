@@ -1,25 +1,39 @@
-"""csrgan.inference: applying a trained SR generator to image files (``csrgan upscale``) and scoring it."""
+"""csrgan.inference: applying a trained SR generator to image files (``csrgan upscale``), and scoring it
+(csrgan.evaluation.evaluate_checkpoint)."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from csrgan.data.io import read_image, to_tensor, to_uint8, write_image
-from csrgan.inference import evaluate_checkpoint, expand_inputs, model_upscaler, upscale_paths
-from csrgan.train.srgan import build_sr_generator, save_sr_generator
+from csrgan.evaluation import evaluate_checkpoint
+from csrgan.inference import expand_inputs, model_upscaler, upscale_paths
+from csrgan.models.artifacts import GeneratorSpec, build_generator, load_generator, save_generator
+from csrgan.registry import SR_GENERATORS
 
-MODEL_CFG = {
-    "arch": "SRResNet",
-    "in_ch": 3,
-    "channels": 8,
-    "n_blocks": 1,
-    "scale": 4,
-    "global_bicubic_skip": True,
-}
+SPEC = GeneratorSpec("sr", "srresnet", {"channels": 8, "n_blocks": 1, "global_bicubic_skip": True}, scale=4)
+
+#: A registered SR generator (as a plugin would add) that keeps no ``scale`` attribute: only its
+#: generator.json says which scale it was trained for. Unique name: registrations are never undone.
+SCALELESS = f"test_scaleless_{uuid.uuid4().hex[:8]}"
+
+
+@SR_GENERATORS.register(SCALELESS, injected=("in_ch", "scale"))
+class ScalelessUpsampler(nn.Module):
+    def __init__(self, in_ch: int = 3, scale: int = 4) -> None:
+        super().__init__()
+        self.mix = nn.Conv2d(in_ch, in_ch, 1)
+        self.factor = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.mix(x), scale_factor=self.factor, mode="nearest")
 
 
 def _textured(h: int, w: int, seed: int) -> np.ndarray:
@@ -34,11 +48,11 @@ def _textured(h: int, w: int, seed: int) -> np.ndarray:
 def generator_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``final/``-style folder with a randomly initialised tiny SRResNet (non-trivial BN stats)."""
     torch.manual_seed(0)
-    g = build_sr_generator(MODEL_CFG)
+    g = build_generator(SPEC)
     with torch.no_grad():  # give BatchNorm non-default running stats, as a trained model has
         g.train()
         g(torch.rand(4, 3, 16, 16))
-    return save_sr_generator(tmp_path_factory.mktemp("gen") / "final", g, MODEL_CFG)
+    return save_generator(tmp_path_factory.mktemp("gen") / "final", g, SPEC)
 
 
 def test_upscale_writes_one_x4_png_per_input(tmp_path: Path, generator_dir: Path) -> None:
@@ -69,17 +83,34 @@ def test_tiled_equals_untiled_and_no_overlap_shows_seams(generator_dir: Path) ->
 
 
 def test_upscaler_matches_the_generator_quantised_once(generator_dir: Path) -> None:
-    from csrgan.train.srgan import load_sr_generator
-
     lr = _textured(12, 10, 5)
     with torch.no_grad():
-        expected = to_uint8(load_sr_generator(generator_dir)(to_tensor(lr)))[0]
+        expected = to_uint8(load_generator(generator_dir, "sr")(to_tensor(lr)))[0]
     np.testing.assert_array_equal(model_upscaler(generator_dir)(lr), expected)
 
 
 def test_scale_mismatch_is_an_error(generator_dir: Path) -> None:
     with pytest.raises(ValueError, match="x4.*scale 2"):
         model_upscaler(generator_dir, scale=2)
+
+
+def test_the_scale_comes_from_the_generator_spec(tmp_path: Path) -> None:
+    """generator.json records the scale of every generator, so no --scale is needed, and a wrong one
+    is refused, whether or not the network object happens to carry a ``scale`` attribute."""
+    spec = GeneratorSpec("sr", SCALELESS, {}, scale=4)
+    folder = save_generator(tmp_path / "final", build_generator(spec), spec)
+    up = model_upscaler(folder)
+    assert up.scale == 4
+    assert up(_textured(6, 5, 11)).shape == (24, 20, 3)
+    with pytest.raises(ValueError, match="x4"):
+        model_upscaler(folder, scale=2)
+
+
+def test_a_degradation_generator_is_not_an_upscaler(tmp_path: Path) -> None:
+    spec = GeneratorSpec("degradation", "resnet", {"ngf": 4, "n_blocks": 1}, scale=4)
+    folder = save_generator(tmp_path / "cyclegan" / "final", build_generator(spec), spec)
+    with pytest.raises(ValueError, match="holds a degradation generator.*an SR generator"):
+        model_upscaler(folder)
 
 
 def test_outputs_that_would_collide_or_overwrite_fail_before_any_work(

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
+from csrgan import registry
 from csrgan.losses import (
+    GAN_LOSSES,
     LOSSES,
     VGG19_LAYERS,
     GANLoss,
@@ -37,12 +39,37 @@ from csrgan.registry import RegistryError
 
 
 def test_losses_registry_names_what_yaml_can_ask_for() -> None:
-    assert {"mse", "l1", "vgg", "gan"} <= set(LOSSES.names())
+    assert LOSSES is registry.LOSSES and GAN_LOSSES is registry.GAN_LOSSES
+    assert {"mse", "l1", "vgg"} <= set(LOSSES.names())
+    assert "gan" not in LOSSES  # adversarial losses have their own registry
+    assert LOSSES.get("vgg") is VGGContentLoss
     assert isinstance(LOSSES.build("mse"), nn.MSELoss)
     assert isinstance(LOSSES.build("l1"), nn.L1Loss)
-    assert LOSSES.build("gan", mode="lsgan").mode == "lsgan"
     with pytest.raises(RegistryError, match="unknown loss 'perceptual'; known: .*vgg"):
         LOSSES.get("perceptual")
+
+
+def test_gan_losses_registry_builds_each_mode() -> None:
+    assert {"vanilla", "lsgan"} <= set(GAN_LOSSES.names())
+    for mode in ("vanilla", "lsgan"):
+        loss = GAN_LOSSES.build(mode)
+        assert isinstance(loss, GANLoss) and loss.mode == mode
+    with pytest.raises(RegistryError, match="unknown GAN loss 'wgan'; known: .*lsgan"):
+        GAN_LOSSES.get("wgan")
+
+
+def test_loss_arguments_are_validated_against_the_constructor() -> None:
+    """Pixel losses take no arguments; VGG's weights arguments are injected by csrgan, not YAML."""
+    assert LOSSES.validate("mse", {}) == {}
+    with pytest.raises(RegistryError, match="'mse' has no argument"):
+        LOSSES.validate("mse", {"layer": "relu5_4"})
+    assert LOSSES.validate("vgg", {"layer": "relu2_2"}) == {
+        "layer": "relu2_2",
+        "criterion": "mse",
+        "feature_scale": 1.0,
+    }
+    with pytest.raises(RegistryError, match="set by csrgan"):
+        LOSSES.validate("vgg", {"random_init": True})
 
 
 # ------------------------------------------------------------------------------------------ VGG layers

@@ -15,9 +15,21 @@ import torch
 from PIL import Image
 from scipy.signal import correlate2d
 
+from csrgan import registry
 from csrgan.data.io import read_image
 from csrgan.data.resize import imresize, modcrop
-from csrgan.metrics import PROTOCOL, LPIPSMetric, evaluate_image, psnr, rgb_to_y, ssim
+from csrgan.metrics import (
+    METRIC_NAMES,
+    METRICS,
+    PROTOCOL,
+    LPIPSMetric,
+    Metric,
+    evaluate_image,
+    psnr,
+    rgb_to_y,
+    ssim,
+)
+from csrgan.registry import RegistryError
 
 PUBLISHED = {"Set5": (28.42, 0.8104), "Set14": (26.00, 0.7027), "BSD100": (25.96, 0.6675)}
 PSNR_TOL, SSIM_TOL = 0.02, 0.002
@@ -197,6 +209,30 @@ def test_protocol_exposes_its_constants_and_a_stable_id():
 
 
 # ------------------------------------------------------------------------------------------------
+# The metric registry
+# ------------------------------------------------------------------------------------------------
+def test_metric_registry_describes_each_built_in_metric():
+    assert METRICS is registry.METRICS
+    assert METRIC_NAMES == ("psnr", "ssim", "lpips")
+    assert set(METRIC_NAMES) <= set(METRICS.names())
+    described = {n: METRICS.get(n) for n in METRIC_NAMES}
+    assert all(isinstance(m, Metric) and m.name == n for n, m in described.items())
+    assert {n: (m.higher_is_better, m.decimals, m.needs_network) for n, m in described.items()} == {
+        "psnr": (True, 2, False),
+        "ssim": (True, 4, False),
+        "lpips": (False, 4, True),
+    }
+
+
+def test_metric_descriptors_compute_the_protocol_metrics():
+    rng = np.random.default_rng(5)
+    hr = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    sr = np.clip(hr.astype(int) + rng.integers(-9, 10, hr.shape), 0, 255).astype(np.uint8)
+    assert METRICS.get("psnr").fn(sr, hr, 4, None, False) == psnr(sr, hr, crop_border=4)
+    assert METRICS.get("ssim").fn(sr, hr, 4, None, False) == ssim(sr, hr, crop_border=4)
+
+
+# ------------------------------------------------------------------------------------------------
 # evaluate_image
 # ------------------------------------------------------------------------------------------------
 def test_evaluate_image_returns_the_requested_metrics_with_crop_equal_to_scale():
@@ -211,8 +247,9 @@ def test_evaluate_image_returns_the_requested_metrics_with_crop_equal_to_scale()
 
 def test_evaluate_image_rejects_unknown_metrics_and_lpips_without_a_model():
     img = np.zeros((32, 32, 3), dtype=np.uint8)
-    with pytest.raises(ValueError, match="unknown metric"):
+    with pytest.raises(RegistryError, match="unknown metric 'niqe'; known: lpips, psnr, ssim") as info:
         evaluate_image(img, img, scale=4, metrics=("psnr", "niqe"))
+    assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
     with pytest.raises(ValueError, match="LPIPSMetric"):
         evaluate_image(img, img, scale=4, metrics=("lpips",))
 

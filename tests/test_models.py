@@ -1,8 +1,11 @@
-"""Spec for csrgan.models: SRGAN (SRResNet + discriminator) and CycleGAN (ResNet generator + PatchGAN)."""
+"""Spec for csrgan.models: SRGAN (SRResNet + discriminator), CycleGAN (ResNet generator + PatchGAN),
+the model registries they fill, and the generator artefact format (csrgan.models.artifacts)."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,14 +13,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from csrgan.models import (
-    MODELS,
     NLayerDiscriminator,
     ResnetGenerator,
     SRGANDiscriminator,
     SRResNet,
     init_weights,
 )
-from csrgan.registry import RegistryError
+from csrgan.models.artifacts import (
+    GENERATOR_CONFIG_FILE,
+    GENERATOR_FILE,
+    GeneratorSpec,
+    build_generator,
+    load_generator,
+    read_generator,
+    save_generator,
+)
+from csrgan.registry import (
+    DEGRADATION_CRITICS,
+    DEGRADATION_GENERATORS,
+    SR_DISCRIMINATORS,
+    SR_GENERATORS,
+    RegistryError,
+)
 
 
 def n_params(net: nn.Module) -> int:
@@ -297,7 +314,7 @@ def test_unknown_norm_is_rejected_by_name() -> None:
         NLayerDiscriminator(norm="layer")  # type: ignore[arg-type]
 
 
-# ------------------------------------------------------------------------------------------ init/registry
+# ------------------------------------------------------------------------------------- init/registries
 
 
 def test_init_weights_normal_sets_conv_weights_to_n0_002_and_biases_to_zero() -> None:
@@ -326,9 +343,98 @@ def test_init_weights_rejects_unknown_type() -> None:
         init_weights(nn.Conv2d(1, 1, 3), "uniform")  # type: ignore[arg-type]
 
 
-def test_models_registry_builds_networks_by_yaml_name() -> None:
-    assert MODELS.names() == ["patchgan", "resnet_generator", "srgan_discriminator", "srresnet"]
-    net = MODELS.build("srresnet", channels=8, n_blocks=1)
+def test_model_registries_build_networks_by_yaml_name() -> None:
+    assert SR_GENERATORS.get("srresnet") is SRResNet
+    assert SR_DISCRIMINATORS.get("srgan") is SRGANDiscriminator
+    assert DEGRADATION_GENERATORS.get("resnet") is ResnetGenerator
+    assert DEGRADATION_CRITICS.get("patchgan") is NLayerDiscriminator
+    net = SR_GENERATORS.build("srresnet", channels=8, n_blocks=1)
     assert isinstance(net, SRResNet)
-    with pytest.raises(RegistryError, match="known: patchgan"):
-        MODELS.get("edsr")
+    with pytest.raises(RegistryError, match="unknown SR generator 'edsr'; known: .*srresnet"):
+        SR_GENERATORS.get("edsr")
+
+
+def test_model_registries_declare_the_arguments_csrgan_injects() -> None:
+    """Channels, the scale and the patch size come from the data, never from YAML."""
+    assert set(SR_GENERATORS.injected("srresnet")) == {"in_ch", "scale"}
+    assert set(SR_DISCRIMINATORS.injected("srgan")) == {"in_ch", "patch_size"}
+    assert set(DEGRADATION_GENERATORS.injected("resnet")) == {"in_ch", "out_ch"}
+    assert set(DEGRADATION_CRITICS.injected("patchgan")) == {"in_ch"}
+    net = SR_GENERATORS.build_with("srresnet", {"channels": 8, "n_blocks": 1}, {"in_ch": 3, "scale": 2})
+    assert isinstance(net, SRResNet) and net.scale == 2 and len(net.upsample) == 1
+    with pytest.raises(RegistryError, match=r"needs \['scale'\]"):
+        SR_GENERATORS.build_with("srresnet", {"channels": 8}, {"in_ch": 3})
+
+
+@pytest.mark.parametrize(("n_blocks", "scale", "radius"), [(1, 4, 10), (16, 4, 40), (0, 2, 8)])
+def test_srresnet_receptive_radius(n_blocks: int, scale: int, radius: int) -> None:
+    """head 4 + 2 per block + body tail 1 + up-convs (1 + 1/2 + ...) + 9x9 tail at the output scale
+    (4 / scale), rounded up: 9.5 -> 10 for one block at x4, 39.5 -> 40 at paper size, 8 for none at x2."""
+    assert SRResNet(channels=4, n_blocks=n_blocks, scale=scale).receptive_radius == radius
+
+
+# ------------------------------------------------------------------------------- generator artefacts
+SR_SPEC = GeneratorSpec("sr", "srresnet", {"channels": 8, "n_blocks": 1, "global_bicubic_skip": False}, 4)
+
+
+def test_build_generator_builds_the_spec_with_the_injected_arguments() -> None:
+    net = build_generator(SR_SPEC)
+    assert isinstance(net, SRResNet) and net.scale == 4
+    g = build_generator(GeneratorSpec("degradation", "resnet", {"ngf": 4, "n_blocks": 1}, 4))
+    assert isinstance(g, ResnetGenerator)
+    assert g(torch.rand(1, 3, 8, 8)).shape == (1, 3, 8, 8)
+    with pytest.raises(ValueError, match="do not fit 'srresnet'"):
+        build_generator(GeneratorSpec("sr", "srresnet", {"width": 8}, 4))
+
+
+def test_generator_round_trips_through_its_folder(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = build_generator(SR_SPEC).eval()
+    spec = GeneratorSpec(SR_SPEC.role, SR_SPEC.type, SR_SPEC.args, SR_SPEC.scale, {"step": 7})
+    out = save_generator(tmp_path / "final", net, spec)
+    assert out == tmp_path / "final"
+    stored = json.loads((out / GENERATOR_CONFIG_FILE).read_text())
+    assert stored == {
+        "format": "csrgan.generator/v2",
+        "role": "sr",
+        "type": "srresnet",
+        "args": SR_SPEC.args,
+        "scale": 4,
+        "meta": {"step": 7},
+    }
+    state, read_spec = read_generator(out)
+    assert read_spec == spec
+    assert read_generator(out / GENERATOR_FILE)[1] == spec
+    assert state.keys() == net.state_dict().keys()
+    loaded = load_generator(out, "sr", scale=4)
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    x = torch.rand(1, 3, 6, 7)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+
+
+def test_save_generator_refuses_weights_that_do_not_fit_the_spec(tmp_path: Path) -> None:
+    other = GeneratorSpec("sr", "srresnet", {"channels": 4, "n_blocks": 1}, 4)
+    with pytest.raises(ValueError, match="do not fit"):
+        save_generator(tmp_path / "g", build_generator(SR_SPEC), other)
+    assert not (tmp_path / "g").exists()
+
+
+def test_load_generator_refuses_the_wrong_role_and_the_wrong_scale(tmp_path: Path) -> None:
+    out = save_generator(tmp_path / "final", build_generator(SR_SPEC), SR_SPEC)
+    with pytest.raises(ValueError, match="holds an SR generator .*but a degradation generator .*is needed"):
+        load_generator(out, "degradation")
+    with pytest.raises(ValueError, match="trained for x4, not x2"):
+        load_generator(out, "sr", scale=2)
+
+
+def test_read_generator_refuses_other_formats_and_missing_files(tmp_path: Path) -> None:
+    out = save_generator(tmp_path / "final", build_generator(SR_SPEC), SR_SPEC)
+    (out / GENERATOR_CONFIG_FILE).write_text(json.dumps({"arch": "SRResNet", "channels": 8}))
+    with pytest.raises(ValueError, match=r"not a csrgan csrgan\.generator/v2 generator spec"):
+        read_generator(out)
+    (out / GENERATOR_CONFIG_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="spec .* is missing"):
+        read_generator(out)
+    with pytest.raises(FileNotFoundError, match="no generator at"):
+        read_generator(tmp_path / "nowhere")

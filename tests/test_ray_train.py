@@ -1,4 +1,5 @@
-"""Ray Train integration (csrgan.train.ray_train): real DDP workers on an embedded loopback cluster.
+"""Ray Train integration (csrgan.train.ray_train, the launcher's RayTrainGroup back-end): real DDP workers
+on an embedded loopback cluster.
 
 Each test costs ~30-60 s of Ray start-up and worker-group overhead on 2 cores, so there are few of them
 and they share one cluster (module fixture, shut down afterwards). Run them one file at a time.
@@ -21,6 +22,7 @@ import torch
 from csrgan.config import ExperimentConfig, validate_config
 from csrgan.data.io import write_image
 from csrgan.train.checkpoint import load_state
+from csrgan.train.launch import RayTrainGroup, launch
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +67,7 @@ def _config(root: Path, iters: int, every: int, workers: int = 2, test_sets: boo
                 "test_sets": [{"name": "synth", "hr": str(root / "test")}] if test_sets else [],
             },
             "sr": {
-                "model": {"channels": 8, "n_blocks": 1},
+                "generator": {"channels": 8, "n_blocks": 1},
                 "mix_prob": 0.0,
                 "batch_size": 2,
                 "patch_size": 32,
@@ -86,30 +88,31 @@ def _rows(path: Path) -> list[dict]:
 @pytest.mark.ray
 @pytest.mark.slow
 def test_two_ddp_workers_pretrain_report_and_checkpoint(tmp_path: Path, ray_cluster: object) -> None:
-    from csrgan.train.ray_train import run_stage
-
     cfg = _config(tmp_path, iters=30, every=10)
+    out = tmp_path / "runs" / "pretrain"
 
-    res = run_stage("pretrain", cfg, tmp_path / "runs", "pretrain")
+    res = launch("pretrain", cfg, out, backend=RayTrainGroup())
 
-    # rank 0's reports reached Ray and the artefact log
+    # rank 0's reports reached Ray and the run's metrics log
     assert res.metrics["step"] == 30 and res.metrics["diverged"] == 0
-    rows = _rows(Path(res.artifacts) / "metrics.jsonl")
+    rows = _rows(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [10, 20, 30]
     losses = [r["loss/pixel"] for r in rows]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
     assert all(math.isfinite(r["synth/psnr"]) for r in rows)
     # both ranks ran: the checkpoint holds one RNG/LR-source state per rank, gathered over DDP, and
     # the epoch counter advanced by the global batch (2 workers x 2 samples of 4 images per step)
-    state = load_state(Path(res.checkpoint))
+    assert res.checkpoint is not None
+    state = load_state(res.checkpoint)
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     assert not torch.equal(state["ranks"][0]["rng"]["torch"], state["ranks"][1]["rng"]["torch"])
     assert rows[0]["epoch"] == pytest.approx(10 * 2 * 2 / 4)
-    # persisted by Ray in the run folder (the newest two kept); the final artefact sits beside them
-    assert Path(res.checkpoint).parent == Path(res.run_dir) == (tmp_path / "runs" / "pretrain").resolve()
-    assert (Path(res.run_dir) / "step_00000020" / "state.pt").is_file()
-    assert not (Path(res.run_dir) / "step_00000010").exists()
-    assert res.final is not None and (Path(res.final) / "generator.pt").is_file()
+    # the layout of an in-process run: Ray persisted checkpoints/step_* (the newest two), rank 0 wrote final/
+    assert res.checkpoint == (out / "checkpoints" / "step_00000030").resolve()
+    assert (out / "checkpoints" / "step_00000020" / "state.pt").is_file()
+    assert not (out / "checkpoints" / "step_00000010").exists()
+    assert res.final == (out / "final").resolve() and (res.final / "generator.pt").is_file()
+    assert not (out / ".staging").exists()
 
 
 def _train_worker_pids() -> list[int]:
@@ -144,11 +147,10 @@ def _registered_step(run_dir: Path) -> int:
 def test_killed_worker_restarts_from_the_last_checkpoint(tmp_path: Path, ray_cluster: object) -> None:
     """SIGKILL one DDP worker mid-run (like an OOM kill): Ray Train restarts the group (FailureConfig)
     and the trainer continues from the newest registered checkpoint instead of step 0."""
-    from csrgan.train.ray_train import run_stage
-
     every, iters = 5, 200
     cfg = _config(tmp_path, iters=iters, every=every, test_sets=False)
-    run_dir = tmp_path / "runs" / "killed"
+    out = tmp_path / "runs" / "killed"
+    run_dir = out / "checkpoints"  # Ray Train's run folder
     killed: dict[str, int] = {}
     errors: list[BaseException] = []
 
@@ -166,12 +168,12 @@ def test_killed_worker_restarts_from_the_last_checkpoint(tmp_path: Path, ray_clu
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    res = run_stage("pretrain", cfg, tmp_path / "runs", "killed", max_failures=1)
+    res = launch("pretrain", cfg, out, backend=RayTrainGroup(max_failures=1))
     thread.join(timeout=5)
 
     assert not errors, f"killer thread failed: {errors!r}"
     assert killed, "no worker was killed"
-    steps = [r["step"] for r in _rows(Path(res.artifacts) / "metrics.jsonl")]
+    steps = [r["step"] for r in _rows(out / "metrics.jsonl")]
     drops = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
     assert len(drops) == 1, f"expected exactly one restart, got steps {steps}"
     before, after = steps[: drops[0]], steps[drops[0] :]
@@ -185,12 +187,12 @@ def test_killed_worker_restarts_from_the_last_checkpoint(tmp_path: Path, ray_clu
 @pytest.mark.ray
 @pytest.mark.slow
 def test_workers_that_cannot_fit_fail_fast_with_a_clear_message(tmp_path: Path, ray_cluster: object) -> None:
-    from csrgan.train.ray_train import RayResourceError, run_stage
+    from csrgan.train.ray_train import RayResourceError
 
     cfg = _config(tmp_path, iters=2, every=1, workers=3)
     t0 = time.time()
     with pytest.raises(RayResourceError, match=r"3 worker\(s\) x 1.0 CPU = 3 CPUs, but the cluster has 2"):
-        run_stage("pretrain", cfg, tmp_path / "runs", "too-big")
+        launch("pretrain", cfg, tmp_path / "runs" / "too-big", backend=RayTrainGroup())
     assert time.time() - t0 < 10
 
 
@@ -203,36 +205,6 @@ def test_ddp_options_never_sync_buffers_in_forward() -> None:
     kw = ddp_kwargs()
     assert kw.get("forward_sync_buffers", kw.get("broadcast_buffers")) is False
     assert kw["find_unused_parameters"] is False
-
-
-def test_artifacts_live_beside_the_ray_checkpoints(tmp_path: Path) -> None:
-    from csrgan.train.ray_train import artifact_dir
-
-    assert artifact_dir(tmp_path, "gan") == str(tmp_path.resolve() / "gan" / "artifacts")
-    assert artifact_dir("s3://bucket/runs/", "gan") == "s3://bucket/runs/gan/artifacts"
-
-
-def test_upload_dir_copies_files_but_not_staging(tmp_path: Path) -> None:
-    from csrgan.train.ray_train import upload_dir
-
-    src = tmp_path / "src"
-    (src / "grids").mkdir(parents=True)
-    (src / "metrics.jsonl").write_text("{}\n")
-    (src / "grids" / "a.png").write_bytes(b"png")
-    (src / ".staging" / "step_00000001").mkdir(parents=True)
-    (src / ".staging" / "step_00000001" / "state.pt").write_bytes(b"x")
-
-    seen: dict[str, tuple[int, int]] = {}
-    upload_dir(src, f"file://{tmp_path / 'dest'}", seen)
-
-    got = sorted(str(p.relative_to(tmp_path / "dest")) for p in (tmp_path / "dest").rglob("*") if p.is_file())
-    assert got == ["grids/a.png", "metrics.jsonl"]
-    # a second upload copies only what changed
-    (tmp_path / "dest" / "grids" / "a.png").write_bytes(b"remote copy")
-    (src / "metrics.jsonl").write_text("{}\n{}\n")
-    upload_dir(src, f"file://{tmp_path / 'dest'}", seen)
-    assert (tmp_path / "dest" / "grids" / "a.png").read_bytes() == b"remote copy"
-    assert (tmp_path / "dest" / "metrics.jsonl").read_text() == "{}\n{}\n"
 
 
 def test_num_cpus_is_refused_for_an_existing_cluster() -> None:

@@ -33,6 +33,7 @@ from csrgan.results import (
     read_results,
     summarize,
 )
+from csrgan.results import store as results_store
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -264,7 +265,7 @@ def test_a_failed_write_keeps_the_previous_file_and_removes_its_temp(
     def crash(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(R.os, "replace", crash)
+    monkeypatch.setattr(results_store.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         store.write_trial("t1", [row(1, "x"), row(2, "x")], "finished")
     monkeypatch.undo()

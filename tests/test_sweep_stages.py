@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 
 from csrgan.config import ExperimentConfig, validate_config
+from csrgan.storage import SweepLayout
 from csrgan.sweep.stages import (
     STAGES_DIR,
     StageDivergedError,
     StageOutcome,
     StageRef,
     ensure_stage,
-    needs_cyclegan,
-    needs_pretrain,
+    shared_stages,
     stage_ref,
 )
 
@@ -72,7 +72,7 @@ def test_builds_once_then_reuses(ref: StageRef) -> None:
     assert ref.is_done()
     info = json.loads(ref.info_path.read_text())
     assert info["status"] == "finished"
-    assert info["kind"] == "cyclegan" and info["key"] == "abc123"
+    assert info["stage"] == "cyclegan" and info["key"] == "abc123"
     assert info["metrics"] == {"unknown/psnr": 24.5}
     assert info["built_by"] == "test"
     assert "csrgan_version" in info and info["wall_s"] >= 0
@@ -234,10 +234,14 @@ def cfg(tmp_path: Path, **sr: Any) -> ExperimentConfig:
     )
 
 
+def layout(tmp_path: Path) -> SweepLayout:
+    return SweepLayout(tmp_path / "storage", "sweep")
+
+
 def test_stage_ref_layout(tmp_path: Path) -> None:
     c = cfg(tmp_path)
-    r = stage_ref("pretrain", c, tmp_path / "storage")
-    assert r.kind == "pretrain"
+    r = stage_ref("pretrain", c, layout(tmp_path))
+    assert r.stage == "pretrain"
     assert r.dir == tmp_path / "storage" / "_stages" / f"pretrain-{r.key}"
     assert r.final == r.dir / "final" and r.info_path == r.dir / "stage.json"
     assert r.info() is None and not r.is_done()
@@ -249,30 +253,28 @@ def test_stage_ref_layout(tmp_path: Path) -> None:
     ids=lambda g: next(iter(g)),
 )
 def test_gan_phase_settings_share_both_stages(tmp_path: Path, gan: dict[str, Any]) -> None:
-    root = tmp_path / "storage"
     a, b = cfg(tmp_path), cfg(tmp_path, gan=gan)
-    for kind in ("cyclegan", "pretrain"):
-        assert stage_ref(kind, a, root) == stage_ref(kind, b, root)
+    for stage in ("cyclegan", "pretrain"):
+        assert stage_ref(stage, a, layout(tmp_path)) == stage_ref(stage, b, layout(tmp_path))
 
 
 def test_mix_prob_shares_the_cyclegan_but_not_pretraining(tmp_path: Path) -> None:
-    root = tmp_path / "storage"
     a, b = cfg(tmp_path, mix_prob=1.0), cfg(tmp_path, mix_prob=0.5)
-    assert stage_ref("cyclegan", a, root) == stage_ref("cyclegan", b, root)
-    assert stage_ref("pretrain", a, root).key != stage_ref("pretrain", b, root).key
+    assert stage_ref("cyclegan", a, layout(tmp_path)) == stage_ref("cyclegan", b, layout(tmp_path))
+    assert stage_ref("pretrain", a, layout(tmp_path)).key != stage_ref("pretrain", b, layout(tmp_path)).key
 
 
 def test_cyclegan_and_pretrain_keys_never_share_a_folder(tmp_path: Path) -> None:
     c = cfg(tmp_path)
-    assert stage_ref("cyclegan", c, tmp_path).dir != stage_ref("pretrain", c, tmp_path).dir
+    assert stage_ref("cyclegan", c, layout(tmp_path)).dir != stage_ref("pretrain", c, layout(tmp_path)).dir
 
 
-def test_needs_cyclegan_only_when_p_positive(tmp_path: Path) -> None:
-    assert not needs_cyclegan(cfg(tmp_path, mix_prob=0.0))
-    assert needs_cyclegan(cfg(tmp_path, mix_prob=0.01))
-    assert needs_cyclegan(cfg(tmp_path, mix_prob=1.0))
+def test_a_trial_shares_the_cyclegan_only_when_p_positive(tmp_path: Path) -> None:
+    assert shared_stages(cfg(tmp_path, mix_prob=0.0)) == ("pretrain",)
+    assert shared_stages(cfg(tmp_path, mix_prob=0.01)) == ("cyclegan", "pretrain")
+    assert shared_stages(cfg(tmp_path, mix_prob=1.0)) == ("cyclegan", "pretrain")
 
 
-def test_needs_pretrain_only_when_it_has_iterations(tmp_path: Path) -> None:
-    assert needs_pretrain(cfg(tmp_path))
-    assert not needs_pretrain(cfg(tmp_path, pretrain={"iters": 0}))
+def test_a_trial_shares_pretraining_only_when_it_has_iterations(tmp_path: Path) -> None:
+    assert "pretrain" in shared_stages(cfg(tmp_path))
+    assert shared_stages(cfg(tmp_path, pretrain={"iters": 0})) == ("cyclegan",)

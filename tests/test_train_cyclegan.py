@@ -7,8 +7,10 @@ small scikit-image HR crops; Y is the same kind of crops degraded with csrgan's 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -25,23 +27,17 @@ from csrgan.config import ExperimentConfig, validate_config
 from csrgan.data.degradations import default_pipeline
 from csrgan.data.io import read_image, write_image
 from csrgan.metrics import PROTOCOL
+from csrgan.models.artifacts import GeneratorSpec, load_generator, read_generator, save_generator
 from csrgan.models.cyclegan import ResnetGenerator
-from csrgan.train.checkpoint import STATE_FILE, load_state
+from csrgan.train.checkpoint import CHECKPOINT_FORMAT, STATE_FILE, CheckpointMismatchError, load_state
 from csrgan.train.context import LocalContext
-from csrgan.train.cyclegan import (
-    CHECKPOINT_KIND,
-    LOSS_KEYS,
-    CheckpointMismatchError,
-    LinearDecay,
-    generator_config,
-    load_generator,
-    read_generator_config,
-    save_generator,
-    train_cyclegan,
-)
+from csrgan.train.cyclegan import LOSS_KEYS, LinearDecay, generator_spec, train_cyclegan
+from csrgan.train.keys import cyclegan_key
+from csrgan.train.launch import final_of
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = {"ngf": 8, "n_blocks": 1, "ndf": 8, "n_layers_d": 2}
+TINY_GENERATOR = {"ngf": 8, "n_blocks": 1}
+TINY_DISCRIMINATOR = {"ndf": 8, "n_layers": 2}
 SCALE = 4
 
 
@@ -88,7 +84,8 @@ def make_cfg(folders: Mapping[str, Path], test_sets: bool = False, **cyclegan: A
         else []
     )
     cg = {
-        "model": TINY_MODEL,
+        "generator": TINY_GENERATOR,
+        "discriminator": TINY_DISCRIMINATOR,
         "patch_size": 24,
         "batch_size": 2,
         "pool_size": 4,
@@ -138,6 +135,13 @@ def _assert_same(a: Any, b: Any, where: str = "state") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
+def _untimed(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint state without the wall-clock timing in its stored report (``time/step_s``), the one
+    value two identical runs legitimately disagree on."""
+    metrics = {k: v for k, v in state["metrics"].items() if not k.startswith("time/")}
+    return {**state, "metrics": metrics}
+
+
 # ----------------------------------------------------------------------------------------- training
 def test_cycle_loss_decreases_over_a_short_run(short_run) -> None:
     _, ctx, _ = short_run
@@ -158,7 +162,9 @@ def test_every_report_carries_step_phase_losses_protocol_and_weights(short_run) 
         assert all(np.isfinite(r[k]) for k in LOSS_KEYS)
         # the reported total is the sum of the weighted terms it is made of
         assert r["loss/g"] == pytest.approx(r["loss/cycle"] + r["loss/idt"] + r["loss/g_gan"], rel=1e-5)
-    assert result["step"] == 40 and result["final_dir"] == str(ctx.out_dir / "final")
+    # the result is the last report; the artefact is the stage folder's final/
+    assert result == {k: v for k, v in ctx.reports[-1].items() if k not in ("wall_s", "checkpoint")}
+    assert result["step"] == 40 and final_of(ctx.out_dir) == ctx.out_dir / "final"
 
 
 def test_evaluation_reports_table2_numbers_for_real_sets_and_writes_a_grid(short_run) -> None:
@@ -178,15 +184,20 @@ def test_checkpoints_hold_the_full_state_and_load_weights_only(short_run) -> Non
     ckpt = ctx.latest_checkpoint()
     assert ckpt is not None and ckpt.name == "step_00000040"
     assert [r.get("checkpoint") is not None for r in ctx.reports].count(True) == 2  # steps 20 and 40
+    assert ctx.reports[-1]["checkpoint"] == str(ctx.checkpoint_root / "step_00000040")  # never final/
     state = torch.load(ckpt / STATE_FILE, weights_only=True)
-    assert state["kind"] == CHECKPOINT_KIND and state["step"] == 40
-    assert set(state["models"]) == {"G_A", "G_B", "D_A", "D_B"}
+    assert state["format"] == CHECKPOINT_FORMAT and state["stage"] == "cyclegan"
+    assert state["key"] == cyclegan_key(cfg) and state["world_size"] == 1
+    # stateless sampling: the step is the whole data position
+    assert state["step"] == 40 and state["metrics"]["step"] == 40
+    assert set(state["nets"]) == {"G_A", "G_B", "D_A", "D_B"}
     assert set(state["optimizers"]) == set(state["schedulers"]) == {"G", "D"}
     (rank0,) = state["ranks"]
     assert set(rank0["rng"]) >= {"python", "numpy", "torch"}
     assert {k: len(p["images"]) for k, p in rank0["pools"].items()} == {"fake_Y": 4, "fake_X": 4}
-    assert state["data_position"] == {"step": 40}
-    assert (ctx.out_dir / "final" / STATE_FILE).is_file()  # final/ is a complete checkpoint too
+    assert state["export"]["net"] == "G_A" and state["export"]["spec"]["role"] == "degradation"
+    # final/ is a complete checkpoint too
+    _assert_same(load_state(ctx.out_dir / "final"), state, "final/ vs step_00000040")
 
 
 # ---------------------------------------------------------------------------------------- LR schedule
@@ -280,10 +291,10 @@ def test_resume_in_a_fresh_process_continues_bit_for_bit(folders, tmp_path: Path
     a = load_state(straight.checkpoint_root / "step_00000006")
     b = load_state(out / "checkpoints" / "step_00000006")
     for net in ("G_A", "G_B", "D_A", "D_B"):
-        _assert_same(a["models"][net], b["models"][net], net)
+        _assert_same(a["nets"][net], b["nets"][net], net)
     _assert_same(a["ranks"][0]["pools"], b["ranks"][0]["pools"], "pools")
     assert len(a["ranks"][0]["pools"]["fake_Y"]["images"]) == 3
-    _assert_same(a, b)  # and everything else: optimisers, schedulers, RNG states, step
+    _assert_same(_untimed(a), _untimed(b))  # and everything else: optimisers, schedulers, RNG states, step
     g_a = torch.load(straight.out_dir / "final" / "generator.pt", weights_only=True)
     g_b = torch.load(out / "final" / "generator.pt", weights_only=True)
     _assert_same(g_a, g_b, "final generator")
@@ -297,7 +308,7 @@ def test_a_checkpoint_of_another_config_is_refused_by_name(folders, short_run, t
     (other / "checkpoints" / src.name).mkdir()
     (other / "checkpoints" / src.name / STATE_FILE).write_bytes((src / STATE_FILE).read_bytes())
     cfg = make_cfg(folders, test_sets=True, iters=40, lambda_cycle=5.0)
-    with pytest.raises(CheckpointMismatchError, match=r"step_00000040/state\.pt.*different CycleGAN"):
+    with pytest.raises(CheckpointMismatchError, match=r"step_00000040/state\.pt.*different cyclegan"):
         train_cyclegan(cfg, LocalContext(other))
 
 
@@ -308,8 +319,11 @@ def test_resuming_a_finished_run_reports_once_more_without_training(folders, sho
     (copy.checkpoint_root / src.name).mkdir(parents=True)
     (copy.checkpoint_root / src.name / STATE_FILE).write_bytes((src / STATE_FILE).read_bytes())
     result = train_cyclegan(cfg, copy)
+    # the stored final report, once, without a checkpoint (and without evaluating again)
     assert [r["step"] for r in copy.reports] == [40] and "checkpoint" not in copy.reports[0]
-    assert result["realset/g_psnr"] == ctx.reports[-1]["realset/g_psnr"]
+    stored = load_state(src)["metrics"]
+    assert result == stored and result["realset/g_psnr"] == ctx.reports[-1]["realset/g_psnr"]
+    assert not (copy.out_dir / "grids").exists()
     assert (copy.out_dir / "final" / "generator.pt").is_file()
 
 
@@ -318,17 +332,25 @@ def test_final_generator_round_trips_and_keeps_the_input_size(short_run) -> None
     cfg, ctx, _ = short_run
     final = ctx.out_dir / "final"
     conf = json.loads((final / "generator.json").read_text())
-    assert (conf["ngf"], conf["n_blocks"], conf["scale"], conf["step"]) == (8, 1, SCALE, 40)
-    assert read_generator_config(final) == conf
+    assert (conf["format"], conf["role"], conf["type"]) == ("csrgan.generator/v2", "degradation", "resnet")
+    assert (conf["args"]["ngf"], conf["args"]["n_blocks"], conf["scale"], conf["meta"]["step"]) == (
+        8,
+        1,
+        SCALE,
+        40,
+    )
+    assert conf["meta"]["stage"] == "cyclegan" and conf["meta"]["key"] == cyclegan_key(cfg)
+    assert read_generator(final)[1].to_json() == conf
+    assert conf == generator_spec(cfg, **conf["meta"]).to_json()  # what the config says, nothing else
 
     trained = ResnetGenerator(ngf=8, n_blocks=1)
-    trained.load_state_dict(load_state(ctx.latest_checkpoint())["models"]["G_A"])
+    trained.load_state_dict(load_state(ctx.latest_checkpoint())["nets"]["G_A"])
     trained.eval()
     x = torch.rand(2, 3, 27, 35, generator=torch.Generator().manual_seed(0))  # odd, not a multiple of 4
     with torch.no_grad():
         want = trained(x)
     for source in (final, final / "generator.pt", ctx.latest_checkpoint()):
-        G = load_generator(source, "cpu", scale=SCALE)
+        G = load_generator(source, "degradation", "cpu", scale=SCALE)
         assert not G.training and not any(p.requires_grad for p in G.parameters())
         with torch.no_grad():
             got = G(x)
@@ -340,25 +362,33 @@ def test_final_generator_round_trips_and_keeps_the_input_size(short_run) -> None
 def test_save_and_load_generator_directly(folders, tmp_path: Path) -> None:
     cfg = make_cfg(folders)
     G = ResnetGenerator(ngf=8, n_blocks=1).eval()
-    save_generator(tmp_path / "g", G, generator_config(cfg))
+    spec = generator_spec(cfg)
+    assert (spec.role, spec.type, spec.scale) == ("degradation", "resnet", SCALE)
+    assert spec.args == {"ngf": 8, "n_blocks": 1, "n_down": 2, "norm": "instance", "use_dropout": False}
+    save_generator(tmp_path / "g", G, spec)
     x = torch.rand(1, 3, 20, 24)
     with torch.no_grad():
-        assert torch.equal(load_generator(tmp_path / "g")(x), G(x))
+        assert torch.equal(load_generator(tmp_path / "g", "degradation")(x), G(x))
 
 
 def test_generator_errors_name_the_file(folders, short_run, tmp_path: Path) -> None:
     cfg, ctx, _ = short_run
     final = ctx.out_dir / "final"
-    with pytest.raises(ValueError, match=r"generator\.pt.*x4 LR, not x2"):
-        load_generator(final, scale=2)
+    with pytest.raises(ValueError, match=re.escape(str(final)) + r".*trained for x4, not x2"):
+        load_generator(final, "degradation", scale=2)
+    with pytest.raises(
+        ValueError, match=re.escape(str(final)) + r": holds a degradation generator.*SR generator"
+    ):
+        load_generator(final, "sr")
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
-        load_generator(tmp_path / "nowhere")
+        load_generator(tmp_path / "nowhere", "degradation")
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     (lonely / "generator.pt").write_bytes((final / "generator.pt").read_bytes())
     with pytest.raises(FileNotFoundError, match=r"lonely/generator\.json is missing"):
-        load_generator(lonely)
-    wrong = generator_config(make_cfg(folders)) | {"ngf": 16}
+        load_generator(lonely, "degradation")
+    spec = generator_spec(make_cfg(folders))
+    wrong: GeneratorSpec = dataclasses.replace(spec, args={**spec.args, "ngf": 16})
     with pytest.raises(ValueError, match="do not fit"):  # weights vs stated architecture: nothing written
         save_generator(tmp_path / "bad", ResnetGenerator(ngf=8, n_blocks=1), wrong)
     assert not (tmp_path / "bad").exists()
@@ -404,6 +434,10 @@ DDP_SCRIPT = textwrap.dedent(
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
     class DDPContext(LocalContext):
+        def __init__(self, out_dir, rank, world_size):
+            super().__init__(out_dir)
+            self.rank, self.world_size = rank, world_size
+
         def prepare_model(self, model):
             self.nets = getattr(self, "nets", []) + [model]
             return DDP(model.to(self.device), **ddp_kwargs())
@@ -419,6 +453,7 @@ DDP_SCRIPT = textwrap.dedent(
     train_cyclegan(cfg, ctx)
     torch.save({"reports": [r["step"] for r in ctx.reports],
                 "keys": sorted({k for r in ctx.reports for k in r}),
+                "losses": [[r[k] for k in sorted(r) if k.startswith("loss/")] for r in ctx.reports],
                 "G_A": ctx.nets[0].state_dict()}, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
     """
@@ -468,6 +503,7 @@ def test_two_ddp_workers_stay_in_sync_and_resume_bit_for_bit(folders, tmp_path: 
     assert r0["reports"] == r1["reports"] == [2, 4]
     assert "realset/g_psnr" in r0["keys"] and "realset/g_psnr" not in r1["keys"]  # evaluation on rank 0
     _assert_same(r0["G_A"], r1["G_A"], "G_A across ranks")
+    assert r0["losses"] == r1["losses"]  # reported losses are the mean over ranks, the same on every rank
     state = load_state(straight / "checkpoints" / "step_00000004")
     pools = [rk["pools"]["fake_Y"] for rk in state["ranks"]]
     assert len(pools) == 2 and not torch.equal(pools[0]["images"][0], pools[1]["images"][0])
@@ -477,4 +513,4 @@ def test_two_ddp_workers_stay_in_sync_and_resume_bit_for_bit(folders, tmp_path: 
     src = straight / "checkpoints" / "step_00000002" / STATE_FILE
     (resumed / "checkpoints" / "step_00000002" / STATE_FILE).write_bytes(src.read_bytes())
     _run_ddp(cfg_file, resumed, tmp_path, _free_port())
-    _assert_same(state, load_state(resumed / "checkpoints" / "step_00000004"))
+    _assert_same(_untimed(state), _untimed(load_state(resumed / "checkpoints" / "step_00000004")))

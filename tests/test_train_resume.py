@@ -18,7 +18,7 @@ from skimage import data as skdata
 
 from csrgan.config import ExperimentConfig, validate_config
 from csrgan.data.io import write_image
-from csrgan.train.checkpoint import load_state
+from csrgan.train.checkpoint import CheckpointMismatchError, load_state
 from csrgan.train.context import LocalContext
 from csrgan.train.sampling import IterationSampler, make_batch
 from csrgan.train.srgan import train_sr
@@ -125,7 +125,8 @@ def resume_config(root: Path, phase: str, n: int) -> ExperimentConfig:
             "seed": 11,
             "data": {"train_hr": str(root / "train"), "scale": 4},
             "sr": {
-                "model": {"channels": 8, "n_blocks": 1, "d_channels": 8},
+                "generator": {"channels": 8, "n_blocks": 1},
+                "discriminator": {"channels": 8},
                 "mix_prob": 0.0,
                 "pretrain": iters if phase == "pretrain" else {"iters": 0},
                 "gan": {**iters, "content": {"type": "vgg"}, "pixel_weight": 0.1}
@@ -221,8 +222,9 @@ def test_interrupted_run_resumed_in_a_fresh_process_matches_a_straight_run(
 
     a, b = load_state(tmp_path / "straight" / "final"), load_state(tmp_path / "resumed" / "final")
     assert a["step"] == b["step"] == 2 * n
-    checked = ["generator", "opt_g", "ranks"] + (["discriminator", "opt_d"] if phase == "gan" else [])
-    for key in checked:
+    nets = {"G", "D"} if phase == "gan" else {"G"}
+    assert set(a["nets"]) == set(a["optimizers"]) == nets
+    for key in ("nets", "optimizers", "schedulers", "ranks"):
         _assert_identical(a[key], b[key], key)
     # the losses the resumed process reported for steps N+1..2N are the straight run's, too
     straight_losses = [{k: v for k, v in r.items() if k.startswith("loss/")} for r in straight.reports[n:]]
@@ -239,7 +241,7 @@ def test_resuming_a_checkpoint_of_another_phase_is_refused(tmp_path: Path) -> No
     train_sr(cfg, ctx, "pretrain")
     raw = cfg.model_dump(mode="json")
     raw["sr"]["gan"] = {"iters": 2, "content": {"type": "mse"}}
-    with pytest.raises(ValueError, match="checkpoint of phase 'pretrain'"):
+    with pytest.raises(CheckpointMismatchError, match="a checkpoint of stage 'pretrain', this run is 'gan'"):
         train_sr(validate_config(raw), LocalContext(tmp_path / "run"), "gan")
 
 
@@ -261,7 +263,11 @@ DDP_SCRIPT = textwrap.dedent(
     seen = {}
 
     class DDPContext(LocalContext):
-        # what RayTrainContext does: DDP per model, GAN-safe options (csrgan.train.ray_train.DDP_KWARGS)
+        def __init__(self, out_dir, rank, world_size):
+            super().__init__(out_dir)
+            self.rank, self.world_size = rank, world_size
+
+        # what RayTrainContext does: DDP per model, GAN-safe options (csrgan.train.ray_train.ddp_kwargs)
         def prepare_model(self, model):
             seen.setdefault("models", []).append(model)
             return DistributedDataParallel(model, broadcast_buffers=False, find_unused_parameters=True)
@@ -279,6 +285,8 @@ DDP_SCRIPT = textwrap.dedent(
     result = train_sr(cfg, ctx, "gan")
     torch.save({"G": unwrap(seen["models"][0]).state_dict(), "D": unwrap(seen["models"][1]).state_dict()},
                Path(out) / f"rank{rank}_nets.pt")
+    losses = [[r[k] for k in sorted(r) if k.startswith("loss/")] for r in ctx.reports]
+    torch.save(losses, Path(out) / f"rank{rank}_losses.pt")
     print("REPORTS", len(ctx.reports), "STEP", result["step"])
     """
 )
@@ -335,6 +343,9 @@ def test_two_ddp_ranks_stay_in_sync_and_resume_exactly(tmp_path: Path) -> None:
         assert code == 0, stderr[-3000:]
         assert "REPORTS 2 STEP 4" in stdout  # checkpoint at 2, final at 4: same count on both ranks
     nets = [torch.load(tmp_path / "straight" / f"rank{r}_nets.pt", weights_only=True) for r in range(2)]
+    losses = [torch.load(tmp_path / "straight" / f"rank{r}_losses.pt", weights_only=True) for r in range(2)]
+    assert len(losses[0]) == 2 and all(len(row) == 6 for row in losses[0])
+    assert losses[0] == losses[1], "reported losses are the mean over ranks, the same on every rank"
     # DDP all-reduces gradients, so parameters agree; BatchNorm running stats are per rank (DDP_KWARGS
     # has broadcast_buffers=False), and only rank 0's are checkpointed and used for evaluation.
     _assert_identical(_params(nets[0]), _params(nets[1]), "rank0 vs rank1 parameters")
@@ -363,5 +374,5 @@ def test_two_ddp_ranks_stay_in_sync_and_resume_exactly(tmp_path: Path) -> None:
         load_state(tmp_path / "straight" / "rank0" / "final"),
         load_state(tmp_path / "resumed" / "rank0" / "final"),
     )
-    for key in ("opt_g", "opt_d", "ranks"):
+    for key in ("optimizers", "ranks"):
         _assert_identical(a[key], b[key], key)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,10 @@ from torch import nn
 
 from csrgan.config import ExperimentConfig, validate_config
 from csrgan.data.io import write_image
+from csrgan.models.artifacts import load_generator, read_generator
 from csrgan.train.checkpoint import load_state
 from csrgan.train.context import LocalContext
-from csrgan.train.srgan import LRSource, SRStep, load_sr_generator, train_sr
+from csrgan.train.srgan import LRSource, SRStep, generator_spec, train_sr
 
 SCALE = 4
 
@@ -43,7 +43,8 @@ def tiny_config(dirs: dict[str, Path], **sr: Any) -> ExperimentConfig:
         "seed": 0,
         "data": {"train_hr": str(dirs["train"]), "scale": SCALE, "test_sets": []},
         "sr": {
-            "model": {"channels": 8, "n_blocks": 1, "d_channels": 8},
+            "generator": {"channels": 8, "n_blocks": 1},
+            "discriminator": {"channels": 8},
             "mix_prob": 0.0,
             "pretrain": {"iters": 10, "lr": 1e-3},
             "gan": {"iters": 4, "content": {"type": "mse"}},
@@ -167,13 +168,18 @@ def test_events_reports_and_artefacts(dirs: dict[str, Path], tmp_path: Path) -> 
     cfg = with_test_set(tiny_config(dirs, pretrain={"iters": 10}, eval_every=4, checkpoint_every=5), dirs)
     ctx = LocalContext(tmp_path, keep_checkpoints=10)
     final = train_sr(cfg, ctx, "pretrain")
-    # one report per event: eval at 4, 8, 10; checkpoint at 5 and 10 (the final artefact)
+    # one report per event: eval at 4, 8, 10; checkpoint at 5 and 10 (+ the final artefact at 10)
     assert [r["step"] for r in ctx.reports] == [4, 5, 8, 10]
     assert [("val/psnr" in r, "checkpoint" in r) for r in ctx.reports] == [
         (True, False),
         (False, True),
         (True, False),
         (True, True),
+    ]
+    # checkpoints are always checkpoints/step_XXXXXXXX, never final/
+    assert [r["checkpoint"] for r in ctx.reports if "checkpoint" in r] == [
+        str(tmp_path / "checkpoints" / "step_00000005"),
+        str(tmp_path / "checkpoints" / "step_00000010"),
     ]
     from csrgan.metrics import PROTOCOL
 
@@ -185,6 +191,7 @@ def test_events_reports_and_artefacts(dirs: dict[str, Path], tmp_path: Path) -> 
     epochs = [r["epoch"] for r in ctx.reports]
     assert epochs == sorted(epochs) and epochs[-1] == pytest.approx(10 * 2 / 4)
     assert (tmp_path / "checkpoints" / "step_00000005" / "state.pt").is_file()
+    assert (tmp_path / "checkpoints" / "step_00000010" / "state.pt").is_file()
     assert not (tmp_path / ".staging").exists()
     assert sorted(p.name for p in (tmp_path / "grids" / "pretrain").iterdir()) == [
         "val_step10.png",
@@ -194,24 +201,34 @@ def test_events_reports_and_artefacts(dirs: dict[str, Path], tmp_path: Path) -> 
     # final/: full state (resumable) + generator.pt + generator.json; weights_only loads
     final_dir = tmp_path / "final"
     state = load_state(final_dir)
-    assert state["step"] == 10 and state["phase"] == "pretrain"
-    assert json.loads((final_dir / "generator.json").read_text())["channels"] == 8
-    g = load_sr_generator(final_dir)
+    assert state["step"] == 10 and state["stage"] == "pretrain"
+    conf = json.loads((final_dir / "generator.json").read_text())
+    assert (conf["format"], conf["role"], conf["type"], conf["scale"]) == (
+        "csrgan.generator/v2",
+        "sr",
+        "srresnet",
+        SCALE,
+    )
+    assert (
+        conf["args"]["channels"] == 8 and conf["meta"]["stage"] == "pretrain" and conf["meta"]["step"] == 10
+    )
+    assert conf == generator_spec(cfg, **conf["meta"]).to_json()
+    g = load_generator(final_dir, "sr")
     assert not g.training and not any(p.requires_grad for p in g.parameters())
     for k, v in g.state_dict().items():
-        assert torch.equal(v, state["generator"][k])
-    assert load_sr_generator(tmp_path / "checkpoints" / "step_00000005")(torch.rand(1, 3, 8, 8)).shape == (
-        1,
-        3,
-        32,
-        32,
-    )
+        assert torch.equal(v, state["nets"]["G"][k])
+    step5 = load_generator(tmp_path / "checkpoints" / "step_00000005", "sr")
+    assert step5(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match=re.escape(str(final_dir)) + r": holds an SR generator"):
+        load_generator(final_dir, "degradation")
+    with pytest.raises(ValueError, match=r"trained for x4, not x2"):
+        load_generator(final_dir, "sr", scale=2)
 
 
 def test_gan_phase_starts_from_the_pretrained_generator(dirs: dict[str, Path], tmp_path: Path) -> None:
     cfg = tiny_config(dirs, pretrain={"iters": 3}, gan={"iters": 2, "pixel_weight": 0.5})
     train_sr(cfg, LocalContext(tmp_path / "pre"), "pretrain")
-    pre = load_state(tmp_path / "pre" / "final")["generator"]
+    pre = load_state(tmp_path / "pre" / "final")["nets"]["G"]
 
     seen: dict[str, torch.Tensor] = {}
     original = SRStep.__call__
@@ -231,8 +248,8 @@ def test_gan_phase_starts_from_the_pretrained_generator(dirs: dict[str, Path], t
     )
     assert final["loss/pixel"] > 0
     state = load_state(tmp_path / "gan" / "final")
-    assert "discriminator" in state and "opt_d" in state
-    assert not all(torch.equal(state["generator"][k], pre[k]) for k in pre), "the GAN phase trained G"
+    assert state["stage"] == "gan" and set(state["nets"]) == set(state["optimizers"]) == {"G", "D"}
+    assert not all(torch.equal(state["nets"]["G"][k], pre[k]) for k in pre), "the GAN phase trained G"
 
 
 def test_gan_phase_with_random_vgg_records_it(dirs: dict[str, Path], tmp_path: Path) -> None:
@@ -244,8 +261,8 @@ def test_gan_phase_with_random_vgg_records_it(dirs: dict[str, Path], tmp_path: P
 
 def test_init_from_must_match_the_model(dirs: dict[str, Path], tmp_path: Path) -> None:
     train_sr(tiny_config(dirs, pretrain={"iters": 1}), LocalContext(tmp_path / "pre"), "pretrain")
-    bigger = tiny_config(dirs, model={"channels": 16})
-    with pytest.raises(ValueError, match="generator config"):
+    bigger = tiny_config(dirs, generator={"channels": 16})
+    with pytest.raises(ValueError, match=r"init_from .*'channels': 8.* is not this run's .*'channels': 16"):
         train_sr(bigger, LocalContext(tmp_path / "gan"), "gan", init_from=tmp_path / "pre" / "final")
 
 
@@ -264,31 +281,40 @@ def test_gan_phase_needs_patches_divisible_by_16(dirs: dict[str, Path], tmp_path
 def test_training_with_p1_feeds_every_sample_through_the_cyclegan(
     dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    loaded: list[tuple[Path, Any]] = []
+    import csrgan.train.srgan as sr_module
+
+    loaded: list[tuple[Path, str, Any]] = []
     g = CountingG()
 
-    def load_generator(path: Path, device: Any = "cpu", scale: int | None = None) -> Callable[..., Any]:
-        loaded.append((Path(path), scale))
+    def fake_load_generator(
+        path: Path, role: str, device: Any = "cpu", scale: int | None = None
+    ) -> Callable[..., Any]:
+        loaded.append((Path(path), role, scale))
         return g
 
-    try:
-        import csrgan.train.cyclegan as cg_module
-    except ImportError:  # the CycleGAN trainer is written in parallel: a stand-in module
-        cg_module = types.ModuleType("csrgan.train.cyclegan")
-        monkeypatch.setitem(sys.modules, "csrgan.train.cyclegan", cg_module)
-    monkeypatch.setattr(cg_module, "load_generator", load_generator, raising=False)
+    monkeypatch.setattr(sr_module, "load_generator", fake_load_generator)
     cfg = tiny_config(dirs, mix_prob=1.0, pretrain={"iters": 5})
     final = train_sr(cfg, LocalContext(tmp_path), "pretrain", cyclegan_g=tmp_path / "cg")
-    assert loaded == [(tmp_path / "cg", SCALE)]
+    assert loaded == [(tmp_path / "cg", "degradation", SCALE)]
     assert g.samples == 5 * 2 and final["mix/g_fraction"] == 1.0
 
 
-def test_amp_on_cpu_warns_and_trains_in_float32(dirs: dict[str, Path], tmp_path: Path) -> None:
+def test_amp_on_cpu_is_an_error_not_a_silent_fallback(dirs: dict[str, Path], tmp_path: Path) -> None:
     raw = tiny_config(dirs, pretrain={"iters": 2}).model_dump(mode="json")
     raw["resources"].update(amp=True, channels_last=True)
-    with pytest.warns(UserWarning, match="amp"):
-        final = train_sr(validate_config(raw), LocalContext(tmp_path), "pretrain")
+    ctx = LocalContext(tmp_path)
+    with pytest.raises(ValueError, match="resources.amp"):
+        train_sr(validate_config(raw), ctx, "pretrain")
+    assert ctx.reports == [] and not (tmp_path / "final").exists()
+
+
+def test_channels_last_trains_in_float32_on_cpu(dirs: dict[str, Path], tmp_path: Path) -> None:
+    raw = tiny_config(dirs, pretrain={"iters": 2}).model_dump(mode="json")
+    raw["resources"].update(channels_last=True)
+    final = train_sr(validate_config(raw), LocalContext(tmp_path), "pretrain")
     assert final["diverged"] == 0
+    state, _ = read_generator(tmp_path / "final")
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
 
 
 def test_zero_iterations_skip_the_phase(dirs: dict[str, Path], tmp_path: Path) -> None:
@@ -392,15 +418,17 @@ def test_sr_step_bf16_autocast_path_runs() -> None:
 
 
 def test_training_with_a_real_cyclegan_artefact(dirs: dict[str, Path], tmp_path: Path) -> None:
-    """Integration with the CycleGAN stage's final/ artefact (csrgan.train.cyclegan.save_generator)."""
-    cg = pytest.importorskip("csrgan.train.cyclegan")
+    """Integration with the CycleGAN stage's final/ artefact (csrgan.models.artifacts.save_generator with
+    csrgan.train.cyclegan.generator_spec)."""
+    from csrgan.models.artifacts import save_generator
     from csrgan.models.cyclegan import ResnetGenerator
+    from csrgan.train import cyclegan as cg
 
     raw = tiny_config(dirs, mix_prob=0.5, pretrain={"iters": 6}, eval_every=3).model_dump(mode="json")
-    raw["cyclegan"]["model"] = {"ngf": 8, "n_blocks": 1}
+    raw["cyclegan"]["generator"] = {"ngf": 8, "n_blocks": 1}
     cfg = validate_config(raw)
     torch.manual_seed(0)
-    cg.save_generator(tmp_path / "cg", ResnetGenerator(ngf=8, n_blocks=1), cg.generator_config(cfg))
+    save_generator(tmp_path / "cg", ResnetGenerator(ngf=8, n_blocks=1), cg.generator_spec(cfg))
     ctx = LocalContext(tmp_path / "run")
     train_sr(cfg, ctx, "pretrain", cyclegan_g=tmp_path / "cg")
     fractions = [r["mix/g_fraction"] for r in ctx.reports]  # 6 samples per report

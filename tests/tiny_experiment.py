@@ -19,7 +19,8 @@ def tiny(name: str, storage: Path, demo: Path, **sections: Any) -> dict[str, Any
         "storage": str(storage),
         "data": {"demo": {"dir": str(demo), "seed": 0}},
         "cyclegan": {
-            "model": {"ngf": 8, "n_blocks": 1, "ndf": 8, "n_layers_d": 2},
+            "generator": {"ngf": 8, "n_blocks": 1},
+            "discriminator": {"ndf": 8, "n_layers": 2},
             "iters": 10,
             "batch_size": 2,
             "patch_size": 24,
@@ -27,7 +28,8 @@ def tiny(name: str, storage: Path, demo: Path, **sections: Any) -> dict[str, Any
             "checkpoint_every": 10,
         },
         "sr": {
-            "model": {"channels": 8, "n_blocks": 1, "d_channels": 8},
+            "generator": {"channels": 8, "n_blocks": 1},
+            "discriminator": {"channels": 8},
             "pretrain": {"iters": 6},
             "gan": {"iters": 10, "content": {"type": "mse"}},
             "batch_size": 2,

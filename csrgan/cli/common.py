@@ -19,20 +19,23 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Expected failures become one clear message on stderr and a non-zero exit, not a traceback."""
+def user_errors(
+    config: tuple[type[BaseException], ...] = (), failures: tuple[type[BaseException], ...] = ()
+) -> Iterator[None]:
+    """Expected failures become one clear message on stderr and a non-zero exit, not a traceback.
+
+    Bad input (``ConfigError`` and the ``config`` types) exits 2; a command that ran and failed (missing
+    weights or files, unreadable images, the ``failures`` types, any ``ValueError``) exits 1.
+    """
     from csrgan.config import ConfigError
     from csrgan.data.io import ImageReadError
-    from csrgan.registry import RegistryError
     from csrgan.weights import MissingWeightsError
 
     try:
         yield
-    except ConfigError as exc:
+    except (ConfigError, *config) as exc:
         fail(str(exc), EXIT_CONFIG)
-    except (MissingWeightsError, ImageReadError, FileNotFoundError, RegistryError) as exc:
-        fail(str(exc))
-    except ValueError as exc:
+    except (MissingWeightsError, ImageReadError, FileNotFoundError, ValueError, *failures) as exc:
         fail(str(exc))
 
 

@@ -7,13 +7,13 @@ exit 1; an invalid configuration (pipeline YAML, ``--tracks``...) exits 2 and na
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import requests
 import typer
 
+from csrgan.cli.common import user_errors
 from csrgan.data.datasets import DIV2K_SPLITS, DIV2K_TRACKS
 from csrgan.data.degradations import (
     DegradationConfigError,
@@ -22,7 +22,6 @@ from csrgan.data.degradations import (
     degrade_folder,
     load_pipeline,
 )
-from csrgan.data.io import ImageReadError
 
 app = typer.Typer(
     help="Datasets: the offline demo set, synthetic real-world degradations, DIV2K download.",
@@ -34,29 +33,12 @@ app = typer.Typer(
 DATASETS = ("div2k",)
 
 
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-@contextmanager
-def _expected_errors() -> Iterator[None]:
-    """Turn the library's expected failures into one stderr line and an exit code (no traceback)."""
+def _expected_errors() -> AbstractContextManager[None]:
+    """The library's expected failures: one stderr line and an exit code (no traceback)."""
     from csrgan.data.div2k import ArchiveError, DownloadError
 
-    try:
-        yield
-    except DegradationConfigError as exc:
-        raise _fail(str(exc), 2) from None
-    except (
-        ImageReadError,
-        ArchiveError,
-        DownloadError,
-        requests.RequestException,
-        OSError,
-        ValueError,
-    ) as exc:
-        raise _fail(str(exc), 1) from None
+    return user_errors(config=(DegradationConfigError,), failures=(ArchiveError, DownloadError, OSError,
+                                                                   requests.RequestException))  # fmt: skip
 
 
 def _csv(value: str, known: tuple[str, ...], option: str) -> list[str]:

@@ -10,8 +10,6 @@ import typer
 
 from csrgan.cli.common import EXIT_CONFIG, fail, split_csv, user_errors
 
-METRICS = ("psnr", "ssim", "lpips")
-
 
 def evaluate(
     checkpoint: Annotated[
@@ -53,13 +51,14 @@ def evaluate(
         fail("--method model needs a CHECKPOINT argument", EXIT_CONFIG)
     if method == "bicubic" and checkpoint is not None:
         fail("give either CHECKPOINT or --method bicubic, not both", EXIT_CONFIG)
-    wanted = split_csv(metrics, METRICS, "metrics")
+    from csrgan.registry import METRICS
+
+    wanted = split_csv(metrics, tuple(METRICS.names()), "metrics")
 
     with user_errors():
         from csrgan.config import EvalConfig, LPIPSConfig
         from csrgan.data.datasets import TestSet
-        from csrgan.evaluate import bicubic_upscaler, evaluate_folder
-        from csrgan.train.evaluation import build_lpips
+        from csrgan.evaluation import bicubic_upscaler, build_lpips, evaluate_folder
 
         test_set = TestSet("cli", hr, lr, scale=scale)
         lpips_cfg = LPIPSConfig(

@@ -1,8 +1,9 @@
 """``csrgan jobs status|logs|stop JOB_ID --address http://HOST:8265``: follow a submitted sweep.
 
-Parsing and printing only; the Jobs API calls live in :mod:`csrgan.cluster`. Exit codes: 0 ok, 1 error
-(unknown job, cluster unreachable, token refused) and, for ``status`` / ``logs --follow``, 1 when the
-job ended FAILED or STOPPED, so scripts can wait on it.
+Parsing and printing only; the Jobs API calls live in :mod:`csrgan.cluster.jobs`. Exit codes: 0 ok, 1
+error (unknown job, cluster unreachable, token refused) and, for ``status`` / ``logs --follow``, 1 when
+the job ended FAILED or STOPPED, so scripts can wait on it. ``csrgan submit`` reuses the ``--address``
+option and :func:`follow_until_done` from here (submit depends on jobs, never the reverse).
 """
 
 from __future__ import annotations
@@ -13,7 +14,19 @@ from typing import Annotated
 import typer
 
 from csrgan.cli.common import EXIT_ERROR, fail
-from csrgan.cli.submit import AddressOpt
+
+#: The dashboard address may also come from the environment, like ``ray job submit``.
+ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"
+
+AddressOpt = Annotated[
+    str,
+    typer.Option(
+        "--address",
+        envvar=ADDRESS_ENV,
+        help="the cluster's Jobs API (dashboard) address, e.g. http://HOST:8265",
+        show_envvar=True,
+    ),
+]
 
 app = typer.Typer(
     help="Follow sweeps submitted with `csrgan submit` (Ray Jobs API): status, logs, stop.",

@@ -37,10 +37,8 @@ class Fmt(StrEnum):
     json = "json"
 
 
-class Metric(StrEnum):
-    psnr = "psnr"
-    ssim = "ssim"
-    lpips = "lpips"
+#: The metric columns of a results table, as typer choices.
+Metric = StrEnum("Metric", {m: m for m in results.METRICS})
 
 
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """``csrgan submit FILE --address http://HOST:8265``: run a sweep on a Ray cluster as a Ray Job.
 
-Parsing and printing only; planning and the Jobs API calls live in :mod:`csrgan.cluster`. The job id
+Parsing and printing only; planning and the Jobs API calls live in :mod:`csrgan.cluster.jobs`. The job id
 is the only thing printed on stdout (``JOB=$(csrgan submit ...)``); hints go to stderr.
 """
 
@@ -14,19 +14,7 @@ from typing import Annotated
 import typer
 
 from csrgan.cli.common import EXIT_ERROR, fail, user_errors
-
-#: The dashboard address may also come from the environment, like ``ray job submit``.
-ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"
-
-AddressOpt = Annotated[
-    str,
-    typer.Option(
-        "--address",
-        envvar=ADDRESS_ENV,
-        help="the cluster's Jobs API (dashboard) address, e.g. http://HOST:8265",
-        show_envvar=True,
-    ),
-]
+from csrgan.cli.jobs import AddressOpt, follow_until_done
 
 
 def submit(
@@ -100,6 +88,4 @@ def submit(
         err=True,
     )
     if wait:
-        from csrgan.cli.jobs import follow_until_done
-
         follow_until_done(address, submission_id)

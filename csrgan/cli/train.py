@@ -1,6 +1,6 @@
 """``csrgan train cyclegan|srgan``: run the training stages of one experiment, locally or on Ray Train.
 
-Parses and checks the options, then calls :mod:`csrgan.train.run`. Everything that can be checked before
+Parses and checks the options, then calls :mod:`csrgan.train.pipeline`. Everything that can be checked before
 training starts (config, option combinations, GPUs, the CycleGAN artefact, Ray resources) exits with
 code 2 and one message on stderr; a run that fails later exits 1; a diverged run (non-finite loss)
 exits 3 after saying so.
@@ -79,9 +79,9 @@ def _prepare(
     address: str | None,
     num_cpus: int | None,
 ) -> tuple[Any, Any]:
-    """(validated config, :class:`csrgan.train.run.Launch`) or exit 2 with the reason."""
+    """(validated config, :class:`csrgan.train.pipeline.TrainOptions`) or exit 2 with the reason."""
     from csrgan.config import ConfigError, load_config
-    from csrgan.train.run import Launch
+    from csrgan.train.pipeline import TrainOptions
 
     try:
         cfg = load_config(config, sets or [])
@@ -109,8 +109,8 @@ def _prepare(
                  "pass --cpu", EXIT_CONFIG)  # fmt: skip
     if out is None:
         out = Path("runs") / cfg.name  # not <storage>/<name>: that folder is a sweep's Parquet dataset
-    launch = Launch(out=out.expanduser().resolve(), workers=n, gpus=gpus, address=address, num_cpus=num_cpus)
-    return cfg, launch
+    where = out.expanduser().resolve()
+    return cfg, TrainOptions(out=where, workers=n, gpus=gpus, address=address, num_cpus=num_cpus)
 
 
 def _summarise(results: list[Any]) -> None:
@@ -121,12 +121,12 @@ def _summarise(results: list[Any]) -> None:
             typer.echo(f"[{r.stage}] skipped (0 iterations configured)")
             continue
         status = "DIVERGED (non-finite loss)" if r.diverged else "done"
-        typer.echo(f"[{r.stage}] {status} at step {m.get('step')}  ->  {r.run_dir}")
+        typer.echo(f"[{r.stage}] {status} at step {m.get('step')}  ->  {r.out_dir}")
         if r.final:
             typer.echo(f"  final:       {r.final}")
         if r.checkpoint:
             typer.echo(f"  checkpoint:  {r.checkpoint}")
-        typer.echo(f"  metrics log: {Path(r.artifacts) / 'metrics.jsonl'}")
+        typer.echo(f"  metrics log: {r.out_dir / 'metrics.jsonl'}")
         shown = {k: v for k, v in m.items() if "/" in k and isinstance(v, int | float)}
         for k in sorted(shown):
             typer.echo(f"  {k:<28} {shown[k]:.4f}")
@@ -139,8 +139,8 @@ def _summarise(results: list[Any]) -> None:
 
 def _run(fn: Any, *args: Any, **kwargs: Any) -> list[Any]:
     """Call a stage runner; errors known before training (mismatched folder, Ray resources) exit 2."""
+    from csrgan.train.launch import StageMismatchError
     from csrgan.train.ray_train import RayResourceError
-    from csrgan.train.run import StageMismatchError
 
     with user_errors():
         try:
@@ -168,10 +168,10 @@ def cyclegan(
     num_cpus: NumCpusOpt = None,
 ) -> None:
     """Stage 1: train the CycleGAN G: bicubic LR -> real LR into OUT/cyclegan (resumes if interrupted)."""
-    from csrgan.train.run import train_cyclegan_stage
+    from csrgan.train.pipeline import train_cyclegan_stage
 
-    cfg, launch = _prepare(config, sets, workers, gpus, out, local, address, num_cpus)
-    _summarise(_run(train_cyclegan_stage, cfg, launch))
+    cfg, opts = _prepare(config, sets, workers, gpus, out, local, address, num_cpus)
+    _summarise(_run(train_cyclegan_stage, cfg, opts))
 
 
 @app.command("srgan")
@@ -198,11 +198,11 @@ def srgan(
     num_cpus: NumCpusOpt = None,
 ) -> None:
     """Stage 2: SRResNet pre-training (OUT/pretrain) and/or SRGAN (OUT/gan) (resumes if interrupted)."""
-    from csrgan.train.run import find_artifact, train_srgan_stages
+    from csrgan.train.pipeline import find_artifact, train_srgan_stages
 
     if phase not in ("pretrain", "gan", "both"):
         fail(f"--phase: {phase!r} is not pretrain, gan or both", EXIT_CONFIG)
-    cfg, launch = _prepare(config, sets, workers, gpus, out, local, address, num_cpus)
+    cfg, opts = _prepare(config, sets, workers, gpus, out, local, address, num_cpus)
     # Inputs that must exist are checked here, before any worker starts.
     if cfg.sr.mix_prob > 0:
         if cyclegan is None:
@@ -219,9 +219,9 @@ def srgan(
         fail("--cyclegan given but sr.mix_prob is 0 (plain SRGAN never uses it)", EXIT_CONFIG)
     if phase == "gan" and cfg.sr.pretrain.iters > 0:
         try:
-            find_artifact(init_from or launch.out / "pretrain", "pretrain")
+            find_artifact(init_from or opts.out / "pretrain", "pretrain")
         except FileNotFoundError as exc:
             fail(f"--phase gan needs a finished pre-training: {exc}", EXIT_CONFIG)
     _summarise(
-        _run(train_srgan_stages, cfg, launch, phase=phase, cyclegan=cyclegan, init_from=init_from)  # type: ignore[arg-type]
+        _run(train_srgan_stages, cfg, opts, phase=phase, cyclegan=cyclegan, init_from=init_from)  # type: ignore[arg-type]
     )

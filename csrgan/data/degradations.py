@@ -1,7 +1,7 @@
 """Seeded, composable synthetic "real-world" degradations (blur, resize, noise, JPEG), configured as data.
 
 A pipeline is a list of steps ``{type: NAME, **params}`` resolved through ``DEGRADATIONS`` (a
-``Registry("degradation")``). A numeric parameter is either a fixed value or a range ``[lo, hi]`` that is
+``csrgan.registry.DEGRADATIONS``). A numeric parameter is either a fixed value or a range ``[lo, hi]`` that is
 sampled uniformly *per image*; a categorical parameter is a name or a list of names (one is drawn per
 image). Every step also accepts ``prob`` (chance the step is applied, default 1).
 
@@ -47,7 +47,7 @@ from PIL import Image
 
 from csrgan.data.io import list_images, read_image, write_image
 from csrgan.data.resize import imresize, modcrop
-from csrgan.registry import Registry, RegistryError
+from csrgan.registry import DEGRADATIONS, RegistryError
 
 __all__ = [
     "DEGRADATIONS",
@@ -62,8 +62,6 @@ __all__ = [
     "load_pipeline",
     "motion_kernel",
 ]
-
-DEGRADATIONS = Registry("degradation")
 
 #: Bumped whenever an op's math changes, so ``DegradationPipeline.id`` (recorded with every result)
 #: never names two different behaviours.
@@ -373,21 +371,24 @@ def _luma(img: np.ndarray) -> np.ndarray:
     return img[..., 0] * 0.299 + img[..., 1] * 0.587 + img[..., 2] * 0.114
 
 
-@DEGRADATIONS.register("gaussian_noise")
-class GaussianNoise(Degradation):
-    """Additive white Gaussian noise, ``sigma`` in 0..255 units; ``gray_prob``: chance the same noise is
-    added to all three channels (Real-ESRGAN's gray noise). Clipped to [0, 255]."""
+class _Noise(Degradation):
+    """Noise with a ``gray_prob``: the chance that one noise field is shared by all three channels."""
 
-    type_name = "gaussian_noise"
-    PARAMS: ClassVar[dict[str, Param]] = {
-        "sigma": Num(low=0.0),
-        "gray_prob": Num(default=0.0, low=0.0, high=1.0, ranged=False),
-    }
+    GRAY_PROB: ClassVar[Param] = Num(default=0.0, low=0.0, high=1.0, ranged=False)
 
     def sample(self, rng: np.random.Generator) -> dict[str, Any]:
         p = super().sample(rng)
         p["gray"] = bool(rng.random() < p.pop("gray_prob"))
         return p
+
+
+@DEGRADATIONS.register("gaussian_noise")
+class GaussianNoise(_Noise):
+    """Additive white Gaussian noise, ``sigma`` in 0..255 units; ``gray_prob``: chance the same noise is
+    added to all three channels (Real-ESRGAN's gray noise). Clipped to [0, 255]."""
+
+    type_name = "gaussian_noise"
+    PARAMS: ClassVar[dict[str, Param]] = {"sigma": Num(low=0.0), "gray_prob": _Noise.GRAY_PROB}
 
     def apply(
         self, img: np.ndarray, params: dict[str, Any], rng: np.random.Generator, ctx: _Context
@@ -399,20 +400,12 @@ class GaussianNoise(Degradation):
 
 
 @DEGRADATIONS.register("poisson_noise")
-class PoissonNoise(Degradation):
+class PoissonNoise(_Noise):
     """Signal-dependent (shot) noise: ``scale * (Poisson(x) - x)`` for ``x`` in 0..255, i.e. std
     ``scale * sqrt(x)`` grey levels. ``gray_prob`` as for Gaussian noise (noise from the luma)."""
 
     type_name = "poisson_noise"
-    PARAMS: ClassVar[dict[str, Param]] = {
-        "scale": Num(low=0.0),
-        "gray_prob": Num(default=0.0, low=0.0, high=1.0, ranged=False),
-    }
-
-    def sample(self, rng: np.random.Generator) -> dict[str, Any]:
-        p = super().sample(rng)
-        p["gray"] = bool(rng.random() < p.pop("gray_prob"))
-        return p
+    PARAMS: ClassVar[dict[str, Param]] = {"scale": Num(low=0.0), "gray_prob": _Noise.GRAY_PROB}
 
     def apply(
         self, img: np.ndarray, params: dict[str, Any], rng: np.random.Generator, ctx: _Context

@@ -232,39 +232,40 @@ def build_demo(
     return manifest
 
 
-def _build_into(
-    tmp: Path, seed: int, pipeline: DegradationPipeline, real_crop: int, n_crops: int
-) -> list[dict[str, Any]]:
-    layout = demo_layout(tmp)
-    files: list[dict[str, Any]] = []
+class _Writer:
+    """Writes the demo's images under ``root`` and keeps their manifest entries."""
 
-    def save(path: Path, img: np.ndarray, **info: Any) -> None:
+    def __init__(self, root: Path) -> None:
+        self.root, self.layout, self.files = root, demo_layout(root), []
+
+    def save(self, path: Path, img: np.ndarray, **info: Any) -> None:
         write_image(path, img)
-        files.append(
+        self.files.append(
             {
-                "path": path.relative_to(tmp).as_posix(),
+                "path": path.relative_to(self.root).as_posix(),
                 **info,
                 "size": [int(img.shape[0]), int(img.shape[1])],
                 "sha256": _sha256(path.read_bytes()),
             }
         )
 
+
+def _half_names(halves: tuple[tuple[int, int, int, int], ...]) -> tuple[str, str]:
+    return ("left", "right") if halves[0][0] == halves[1][0] else ("top", "bottom")
+
+
+def _build_train(w: _Writer, seed: int, pipeline: DegradationPipeline, real_crop: int, n_crops: int) -> None:
+    """Each training photo: one half is a train HR image, random crops of the other half are degraded
+    into the unpaired real-LR domain (which half is drawn per photo)."""
     assign = np.random.default_rng([seed, 0])
     for j, src in enumerate(TRAIN_SOURCES):
         img = read_image(skimage_image_path(src))
-        stem = _label(src)
-        halves = _halves(img)
-        names = ("left", "right") if halves[0][0] == halves[1][0] else ("top", "bottom")
+        stem, halves = _label(src), _halves(img)
+        names = _half_names(halves)
         hr_i = int(assign.integers(2))
         hr_box = _modcrop_box(halves[hr_i])
-        save(
-            layout.train_hr / f"{stem}_{names[hr_i]}.png",
-            _crop(img, hr_box),
-            role="train_hr",
-            source=src,
-            box=list(hr_box),
-            degradation=None,
-        )
+        w.save(w.layout.train_hr / f"{stem}_{names[hr_i]}.png", _crop(img, hr_box), role="train_hr",
+               source=src, box=list(hr_box), degradation=None)  # fmt: skip
         real_box = halves[1 - hr_i]
         real = _crop(img, real_box)
         ch = min(real_crop, real.shape[0] - real.shape[0] % SCALE)
@@ -275,51 +276,35 @@ def _build_into(
             left = int(rng.integers(0, real.shape[1] - cw + 1))
             lr, record = degrade_exact(pipeline, real[t : t + ch, left : left + cw], SCALE, rng)
             box = [real_box[0] + t, real_box[1] + left, ch, cw]
-            save(
-                layout.train_lr_real / f"{stem}_{names[1 - hr_i]}_{k:02d}.png",
-                lr,
-                role="train_lr_real",
-                source=src,
-                box=box,
-                degradation=record,
-            )
+            w.save(w.layout.train_lr_real / f"{stem}_{names[1 - hr_i]}_{k:02d}.png", lr,
+                   role="train_lr_real", source=src, box=box, degradation=record)  # fmt: skip
 
+
+def _build_test(w: _Writer, seed: int, pipeline: DegradationPipeline) -> None:
+    """Each test photo's two halves, with a MATLAB-bicubic and an "unknown" (pipeline) LR each."""
     i = 0
     for src in TEST_SOURCES:
         img = read_image(skimage_image_path(src))
-        stem = _label(src)
-        halves = _halves(img)
-        names = ("left", "right") if halves[0][0] == halves[1][0] else ("top", "bottom")
-        for half, box in zip(names, halves, strict=True):
+        stem, halves = _label(src), _halves(img)
+        for half, box in zip(_half_names(halves), halves, strict=True):
             box = _modcrop_box(box)
             hr = _crop(img, box)
-            name = f"{stem}_{half}.png"
+            name, where = f"{stem}_{half}.png", {"source": src, "box": list(box)}
             lr_bic = imresize(hr, output_shape=(hr.shape[0] // SCALE, hr.shape[1] // SCALE))
             lr_unk, record = degrade_exact(pipeline, hr, SCALE, np.random.default_rng([seed, 2, i]))
             for kind in ("bicubic", "unknown"):
-                save(
-                    layout.test_hr(kind) / name,
-                    hr,
-                    role=f"test_hr_{kind}",
-                    source=src,
-                    box=list(box),
-                    degradation=None,
-                )
-            save(
-                layout.test_lr("bicubic") / name,
-                lr_bic,
-                role="test_lr_bicubic",
-                source=src,
-                box=list(box),
-                degradation="matlab_bicubic_x4",
-            )
-            save(
-                layout.test_lr("unknown") / name,
-                lr_unk,
-                role="test_lr_unknown",
-                source=src,
-                box=list(box),
-                degradation=record,
-            )
+                w.save(w.layout.test_hr(kind) / name, hr, role=f"test_hr_{kind}", **where, degradation=None)
+            w.save(w.layout.test_lr("bicubic") / name, lr_bic, role="test_lr_bicubic", **where,
+                   degradation="matlab_bicubic_x4")  # fmt: skip
+            w.save(w.layout.test_lr("unknown") / name, lr_unk, role="test_lr_unknown", **where,
+                   degradation=record)  # fmt: skip
             i += 1
-    return files
+
+
+def _build_into(
+    tmp: Path, seed: int, pipeline: DegradationPipeline, real_crop: int, n_crops: int
+) -> list[dict[str, Any]]:
+    w = _Writer(tmp)
+    _build_train(w, seed, pipeline, real_crop, n_crops)
+    _build_test(w, seed, pipeline)
+    return w.files

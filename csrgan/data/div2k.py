@@ -258,6 +258,43 @@ def _count_images(folder: Path) -> int:
     return sum(1 for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _already_extracted(a: DIV2KArchive, marker: Path, target: Path, expected: str | None) -> bool:
+    """Whether ``a`` was extracted completely before (its marker agrees with the folder and manifest)."""
+    if not marker.exists():
+        return False
+    try:
+        info = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        _say(f"{marker} is unreadable; checking {a.filename} again")
+        info = {}
+    if _count_images(target) == info.get("n_images"):
+        if expected is None or info.get("sha256") == expected:
+            _say(f"{a.filename}: already extracted to {target} ({info['n_images']} images), skipping")
+            return True
+        raise ArchiveError(
+            f"{target} was extracted from {a.filename} with sha256 {info.get('sha256')}, which does "
+            f"not match the manifest's {expected}; delete {target} and {marker} to redo"
+        )
+    _say(f"{a.filename}: {target} is incomplete; extracting again")
+    marker.unlink()
+    return False
+
+
+def _extract_recorded(
+    a: DIV2KArchive, zpath: Path, url: str, root: Path, marker: Path, expected: str | None
+) -> None:
+    """Verify, extract and write the marker that makes the next run skip this archive."""
+    digest = verify_archive(zpath, expected)
+    _record_checksum(zpath.parent / "SHA256SUMS", a.filename, digest)
+    target, n = extract_archive(zpath, a.folder, root)
+    if n != a.n_images:
+        _say(f"{a.filename}: extracted {n} images; the official archive has {a.n_images}")
+    info = {"archive": a.filename, "url": url, "sha256": digest, "size": zpath.stat().st_size, "n_images": n,
+            "folder": a.folder}  # fmt: skip
+    marker.write_text(json.dumps(info, indent=2))
+    _say(f"{a.filename}: {n} images -> {target}")
+
+
 # ------------------------------------------------------------------------------------------- top level
 def download_div2k(
     root: str | Path,
@@ -282,56 +319,18 @@ def download_div2k(
             raise ArchiveError(f"checksum manifest {checksums} has no entry for: {', '.join(absent)}")
     paths = div2k_paths(root)
     state = root / _STATE_DIR
-    archive_dir = root / "archives"
     state.mkdir(parents=True, exist_ok=True)
     session = requests.Session()
     for a in archives:
         marker = state / f"{a.filename}.json"
-        target = a.target(paths)
-        if marker.exists():
-            try:
-                info = json.loads(marker.read_text())
-            except json.JSONDecodeError:
-                _say(f"{marker} is unreadable; checking {a.filename} again")
-                info = {}
-            if _count_images(target) == info.get("n_images"):
-                if manifest is None or info.get("sha256") == manifest[a.filename]:
-                    _say(f"{a.filename}: already extracted to {target} ({info['n_images']} images), skipping")
-                    continue
-                raise ArchiveError(
-                    f"{target} was extracted from {a.filename} with sha256 {info.get('sha256')}, which does "
-                    f"not match the manifest's {manifest[a.filename]}; delete {target} and {marker} to redo"
-                )
-            _say(f"{a.filename}: {target} is incomplete; extracting again")
-            marker.unlink()
-        zpath = archive_dir / a.filename
+        expected = None if manifest is None else manifest[a.filename]
+        if _already_extracted(a, marker, a.target(paths), expected):
+            continue
+        url = f"{base_url.rstrip('/')}/{a.filename}"
+        zpath = root / "archives" / a.filename
         if not zpath.exists():
-            download_file(
-                f"{base_url.rstrip('/')}/{a.filename}",
-                zpath,
-                retries=retries,
-                progress=progress,
-                session=session,
-            )
-        digest = verify_archive(zpath, None if manifest is None else manifest[a.filename])
-        _record_checksum(archive_dir / "SHA256SUMS", a.filename, digest)
-        target, n = extract_archive(zpath, a.folder, root)
-        if n != a.n_images:
-            _say(f"{a.filename}: extracted {n} images; the official archive has {a.n_images}")
-        marker.write_text(
-            json.dumps(
-                {
-                    "archive": a.filename,
-                    "url": f"{base_url.rstrip('/')}/{a.filename}",
-                    "sha256": digest,
-                    "size": zpath.stat().st_size,
-                    "n_images": n,
-                    "folder": a.folder,
-                },
-                indent=2,
-            )
-        )
-        _say(f"{a.filename}: {n} images -> {target}")
+            download_file(url, zpath, retries=retries, progress=progress, session=session)
+        _extract_recorded(a, zpath, url, root, marker, expected)
         if not keep_archives:
             zpath.unlink()
     return paths

@@ -1,21 +1,16 @@
 """Networks: the SRGAN generator/discriminator and the CycleGAN generators/discriminators.
 
-``MODELS`` maps the names a YAML config uses to constructors, e.g.
-``MODELS.build("srresnet", channels=16, n_blocks=2)``.
+Each network registers itself in one of :mod:`csrgan.registry`'s model registries under the name an
+experiment file uses (``sr.generator: {type: srresnet, ...}``): ``SR_GENERATORS`` (``srresnet``),
+``SR_DISCRIMINATORS`` (``srgan``), ``DEGRADATION_GENERATORS`` (``resnet``) and ``DEGRADATION_CRITICS``
+(``patchgan``). Every module of this package is imported when a registry is first asked for a name,
+so a new network is a registered class in a new file here and nothing else.
 """
 
 from csrgan.models.cyclegan import NLayerDiscriminator, ResnetGenerator, init_weights
 from csrgan.models.srgan import SRGANDiscriminator, SRResNet
-from csrgan.registry import Registry
-
-MODELS = Registry("model")
-MODELS.register("srresnet")(SRResNet)
-MODELS.register("srgan_discriminator")(SRGANDiscriminator)
-MODELS.register("resnet_generator")(ResnetGenerator)
-MODELS.register("patchgan")(NLayerDiscriminator)
 
 __all__ = [
-    "MODELS",
     "NLayerDiscriminator",
     "ResnetGenerator",
     "SRGANDiscriminator",

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from csrgan.registry import DEGRADATION_CRITICS, DEGRADATION_GENERATORS
+
 __all__ = ["NLayerDiscriminator", "ResnetBlock", "ResnetGenerator", "init_weights"]
 
 NormKind = Literal["instance", "batch", "none"]
@@ -73,6 +75,7 @@ class ResnetBlock(nn.Module):
         return x + self.body(x)
 
 
+@DEGRADATION_GENERATORS.register("resnet", injected=("in_ch", "out_ch"))
 class ResnetGenerator(nn.Module):
     """Junyanz's ResNet generator (``G`` and ``F``): ``(N, in_ch, H, W)`` -> ``(N, out_ch, H, W)``, [0, 1].
 
@@ -154,6 +157,7 @@ class ResnetGenerator(nn.Module):
         return (out + 1.0) * 0.5
 
 
+@DEGRADATION_CRITICS.register("patchgan", injected=("in_ch",))
 class NLayerDiscriminator(nn.Module):
     """PatchGAN discriminator (``D_X``, ``D_Y``): image in [0, 1] -> map of real/fake logits ``(N, 1, h, w)``.
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from csrgan.registry import SR_DISCRIMINATORS, SR_GENERATORS
+
 __all__ = ["ResidualBlock", "SRGANDiscriminator", "SRResNet", "UpsampleBlock", "upsampling_octaves"]
 
 
@@ -71,6 +73,7 @@ class UpsampleBlock(nn.Module):
         return self.body(x)
 
 
+@SR_GENERATORS.register("srresnet", injected=("in_ch", "scale"))
 class SRResNet(nn.Module):
     """The SRGAN generator: LR ``(N, in_ch, h, w)`` -> SR ``(N, in_ch, scale*h, scale*w)``, both in [0, 1].
 
@@ -110,6 +113,18 @@ class SRResNet(nn.Module):
         self.upsample = nn.Sequential(*(UpsampleBlock(channels) for _ in range(octaves)))
         self.tail = nn.Conv2d(channels, in_ch, 9, padding=4)
 
+    @property
+    def receptive_radius(self) -> int:
+        """Receptive-field radius in LR px: the tile ``overlap`` that makes tiled inference exact.
+
+        9x9 head (4) + two 3x3 per residual block (2 each) + 3x3 body tail (1) + one 3x3 up-conv per x2
+        octave, the k-th at scale 2**k (2**-k LR px) + 9x9 tail at the output scale (4/scale). The
+        optional bicubic skip (radius 2) is smaller. Paper size (16 blocks, x4): 39.5 -> 40.
+        """
+        octaves = self.scale.bit_length() - 1
+        radius = 4 + 2 * len(self.blocks) + 1 + sum(2.0**-k for k in range(octaves)) + 4 / self.scale
+        return math.ceil(max(radius, 2.0))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
             raise ValueError(f"SRResNet expects (N, C, H, W), got shape {tuple(x.shape)}")
@@ -121,6 +136,7 @@ class SRResNet(nn.Module):
         return out
 
 
+@SR_DISCRIMINATORS.register("srgan", injected=("in_ch", "patch_size"))
 class SRGANDiscriminator(nn.Module):
     """The SRGAN discriminator: image ``(N, in_ch, H, W)`` in [0, 1] -> real/fake logits ``(N, 1)``.
 

@@ -1,15 +1,13 @@
-"""Run a sweep: validate, lay out storage, start Ray, pre-build stages, run Tune, finish statuses, summarise.
+"""Run a sweep in three steps: plan (validate, lay out storage), tune (Ray, stages, Tuner), finish.
 
-Storage layout (``<storage>/<sweep>/``)::
-
-    trial-<id>.parquet   the results, one file per trial (csrgan.results)
-    _sweep.json          config, trial plan, timings, stage reuse, orchestration overhead
-    _optuna.db           the Optuna study (method optuna): a resumed sweep keeps its searcher state
-    _tune/               Ray Tune's experiment state (Tuner.restore on --resume)
-    _trials/<id>/        per-trial artefacts (comparison grids, final generator)
-    _train/              Ray Train runs of multi-worker trials
-and ``<storage>/_stages/`` holds CycleGAN / pre-training artefacts shared by all sweeps under
-``<storage>``. Names starting with ``_`` are ignored by ``pd.read_parquet(<storage>/<sweep>)``.
+1. :func:`plan_sweep` — everything that can fail before Ray starts: the storage layout
+   (:class:`csrgan.storage.SweepLayout`: where results, stages, Tune state and Optuna live), resume
+   state, LPIPS weights, the trial list.
+2. :func:`run_sweep` — joins or starts Ray, checks storage and resources, writes ``_sweep.json``,
+   starts each distinct CycleGAN as a Ray task (p = 0 trials run meanwhile) and runs the Tuner, whose
+   trainable is :func:`csrgan.sweep.trial.run_trial`.
+3. :func:`finish_sweep` — maps Tune's trial states onto row statuses, lists what is unfinished, and
+   measures how much of the wall time went to training.
 """
 
 from __future__ import annotations
@@ -24,13 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from csrgan.config import ExperimentConfig, cyclegan_stage_key
+from csrgan.config import ExperimentConfig
+from csrgan.storage import StorageError, SweepLayout
 from csrgan.sweep.recorder import git_commit
 from csrgan.sweep.space import TrialSpec, expand_trials, optuna_space, trial_config
-from csrgan.sweep.stages import needs_cyclegan, stage_ref
+from csrgan.sweep.stages import build_shared_stages, shared_stages, stage_ref
 from csrgan.sweep.trial import SweepRuntime, devices_of, run_trial
 
-TUNE_DIR = "_tune"
+Echo = Callable[[str], None]
 
 
 class SweepError(RuntimeError):
@@ -43,7 +42,6 @@ class SweepOutcome:
     wall_s: float
     statuses: dict[str, str] = field(default_factory=dict)
     unfinished: list[str] = field(default_factory=list)
-    stage_log: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     baseline: dict[str, float] = field(default_factory=dict)
     stage_reuse: dict[str, int] = field(default_factory=dict)
@@ -53,16 +51,31 @@ class SweepOutcome:
         return not self.unfinished
 
 
-def storage_root_of(cfg: ExperimentConfig, storage: str | None) -> Path:
-    root = storage or cfg.storage
-    if "://" in root and not root.startswith("file://"):
-        raise SweepError(
-            f"storage {root!r}: object-store URIs are not supported for sweeps yet; use a folder every node "
-            "can see (a shared filesystem path)"
-        )
-    return Path(root.removeprefix("file://")).expanduser().resolve()
+@dataclass(frozen=True)
+class SweepPlan:
+    """A validated sweep, before Ray: its config (LPIPS possibly switched off), layout and trials."""
+
+    cfg: ExperimentConfig
+    layout: SweepLayout
+    trials: list[TrialSpec]
+    resume: bool
+
+    @property
+    def metric(self) -> tuple[str, str]:
+        """(metric name, ``max`` | ``min``) for Tune."""
+        s = self.cfg.search
+        if s is None:
+            first = self.cfg.data.test_sets[0].name if self.cfg.data.test_sets else "unknown"
+            return f"{first}/psnr", "max"
+        return s.metric.name, "max" if s.metric.goal == "maximize" else "min"
+
+    @property
+    def n_trials(self) -> int:
+        s = self.cfg.search
+        return len(self.trials) or (s.num_samples if s is not None else 1)
 
 
+# ---------------------------------------------------------------------------------------------- plan
 def plan_trials(cfg: ExperimentConfig) -> list[TrialSpec]:
     """Grid/random trials in run order: those that need no CycleGAN first, so they run while it trains."""
     if cfg.search is None:
@@ -70,7 +83,47 @@ def plan_trials(cfg: ExperimentConfig) -> list[TrialSpec]:
     if cfg.search.method == "optuna":
         return []
     trials = expand_trials(cfg.search)
-    return sorted(trials, key=lambda t: needs_cyclegan(trial_config(cfg, t)))  # stable: keeps grid order
+    return sorted(trials, key=lambda t: "cyclegan" in shared_stages(trial_config(cfg, t)))  # stable
+
+
+def plan_sweep(
+    cfg: ExperimentConfig, *, resume: bool = False, storage: str | None = None, echo: Echo = print
+) -> SweepPlan:
+    """Lay out storage and check resume state and weights; nothing is started (raises :class:`SweepError`)."""
+    try:
+        layout = SweepLayout.of(storage or cfg.storage, cfg.name)
+    except StorageError as exc:
+        raise SweepError(str(exc)) from None
+    if resume and not layout.tune.is_dir():
+        raise SweepError(f"--resume: no sweep state at {layout.tune}; start it without --resume")
+    if not resume and layout.tune.exists():
+        raise SweepError(
+            f"sweep {cfg.name!r} already has state at {layout.results}. Continue it with --resume, "
+            f"or start a new one with another name (--set name=...) or storage (--storage DIR)"
+        )
+    return SweepPlan(_lpips_preflight(cfg, echo), layout, plan_trials(cfg), resume)
+
+
+def _lpips_preflight(cfg: ExperimentConfig, echo: Echo) -> ExperimentConfig:
+    """Find missing LPIPS weights before any trial starts: fail (not optional) or say so once, loudly."""
+    if "lpips" not in cfg.eval.metrics or cfg.eval.lpips.random_backbone:
+        return cfg
+    from csrgan.weights import MissingWeightsError, resolve
+
+    backbone = "alexnet" if cfg.eval.lpips.net == "alex" else "vgg16"
+    try:
+        resolve(backbone, cfg.eval.lpips.source)
+    except MissingWeightsError as exc:
+        if not cfg.eval.lpips.optional:
+            raise SweepError(f"{exc}\n(or mark LPIPS optional: eval.lpips.optional: true)") from None
+        bar = "!" * 78
+        echo(
+            f"{bar}\nLPIPS DISABLED for this sweep: the {backbone} backbone weights are missing and "
+            f"eval.lpips.optional is true,\nso every lpips value is left empty (null).\n{exc}\n{bar}"
+        )
+        metrics = [m for m in cfg.eval.metrics if m != "lpips"]
+        return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": metrics})})
+    return cfg
 
 
 def trial_resources(cfg: ExperimentConfig) -> dict[str, float]:
@@ -100,20 +153,7 @@ def check_fits(cfg: ExperimentConfig, cluster: dict[str, float]) -> int:
     return max(1, fits)
 
 
-def _build_stage_task(cfg_json: dict[str, Any], storage_root: str) -> str:
-    """Ray task: build (or reuse) one CycleGAN stage before the trials that need it start."""
-    from csrgan.config import validate_config
-    from csrgan.sweep.trial import build_stages, set_threads
-
-    cfg = validate_config(cfg_json)
-    set_threads(cfg)
-    cfg_cg_only = cfg.model_copy(
-        update={"sr": cfg.sr.model_copy(update={"pretrain": cfg.sr.pretrain.model_copy(update={"iters": 0})})}
-    )
-    out = build_stages(cfg_cg_only, Path(storage_root), built_by="driver")
-    return "reused" if out["cyclegan"].reused else "built"
-
-
+# ---------------------------------------------------------------------------------------------- tune
 def run_sweep(
     cfg: ExperimentConfig,
     *,
@@ -121,186 +161,126 @@ def run_sweep(
     address: str | None = None,
     storage: str | None = None,
     num_cpus: int | None = None,
-    echo: Callable[[str], None] = print,
+    echo: Echo = print,
 ) -> SweepOutcome:
     """Run (or resume) the sweep described by a resolved config (see ``csrgan.data.layout.resolve_data``)."""
-    import ray
-    from ray import tune
-
-    from csrgan.sweep.progress import ProgressCallback
-    from csrgan.train.ray_train import ensure_ray
-
     t0 = time.time()
-    root = storage_root_of(cfg, storage)
-    results_dir = root / cfg.name
-    tune_path = results_dir / TUNE_DIR
-    if resume and not tune_path.is_dir():
-        raise SweepError(f"--resume: no sweep state at {tune_path}; start it without --resume")
-    if not resume and tune_path.exists():
-        raise SweepError(
-            f"sweep {cfg.name!r} already has state at {results_dir}. Continue it with --resume, "
-            f"or start a new one with another name (--set name=...) or storage (--storage DIR)"
-        )
-    results_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # checkpoint-only reports lack metrics
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our ProgressCallback prints progress; Tune stays quiet
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    plan = plan_sweep(cfg, resume=resume, storage=storage, echo=echo)
+    plan.layout.results.mkdir(parents=True, exist_ok=True)
+    for key, value in (
+        ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1"),  # checkpoint-only reports lack metrics
+        ("RAY_AIR_NEW_OUTPUT", "0"),  # our ProgressCallback prints progress; Tune stays quiet
+        ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
+    ):
+        os.environ.setdefault(key, value)
+    slots = _start_cluster(plan, address, num_cpus)
+    where = plan.layout.results
+    echo(f"csrgan sweep {cfg.name}: {plan.n_trials} trial(s), up to {slots} at once; results -> {where}")
+    _write_meta(plan, started=True)
+    baseline = _bicubic_baseline(plan.cfg, echo)
+    stage_tasks = _start_cyclegan_builds(plan, echo)  # the stage DAG: CycleGANs first, as Ray tasks
+    grid, interrupted = _fit_noting_interrupt(_tuner(plan, slots, echo))
+    _report_stage_tasks(stage_tasks, echo)
+    outcome = finish_sweep(plan, grid, t0, interrupted)
+    outcome.baseline = baseline
+    outcome.timing["slots"] = slots
+    for name, n in sorted(outcome.stage_reuse.items()):
+        echo(f"stage {name}: reused by {n} trial(s)")
+    _write_meta(plan, started=False, outcome=outcome)
+    return outcome
 
-    cfg = _lpips_preflight(cfg, echo)
-    trials = plan_trials(cfg)
-    params = tuple(cfg.search.parameters) if cfg.search else ()
-    runtime = SweepRuntime(
-        base=cfg.model_dump(mode="json"),
-        sweep=cfg.name,
-        storage_root=str(root),
-        git_commit=git_commit(),
-        param_names=params,
-    )
+
+def _start_cluster(plan: SweepPlan, address: str | None, num_cpus: int | None) -> int:
+    """Join or start Ray, check the storage is shared and one trial fits; returns the parallel slots."""
+    import ray
+
+    from csrgan.cluster import connect_error_hint
+    from csrgan.cluster import storage as shared
+    from csrgan.train.ray_train import ensure_ray
 
     try:
         ensure_ray(address=address, num_cpus=num_cpus)
     except (ConnectionError, RuntimeError) as exc:
         if address is None:
             raise
-        from csrgan.cluster import connect_error_hint
-
         raise SweepError(connect_error_hint(address, exc)) from None
-    from csrgan.cluster import StorageError, check_shared_storage
-
     try:
-        check_shared_storage(root)  # multi-node: every node must see the storage folder
+        shared.check_shared_storage(plan.layout.root)  # multi-node: every node must see the storage folder
     except StorageError as exc:
         raise SweepError(str(exc)) from None
-    slots = check_fits(cfg, ray.cluster_resources())
-    max_conc = min(slots, cfg.resources.max_concurrent_trials or slots)
-    echo(
-        f"csrgan sweep {cfg.name}: {len(trials) or cfg.search.num_samples} trial(s), "
-        f"up to {max_conc} at once; "
-        f"results -> {results_dir}"
-    )
-    _write_meta(results_dir, cfg, trials, started=True)
-    baseline = _bicubic_baseline(cfg, echo)
-
-    # 1. Stage DAG: start each distinct CycleGAN now, as Ray tasks, while p=0 trials already run.
-    stage_tasks = _start_cyclegan_builds(cfg, trials, root, echo)
-
-    # 2. The trainable: one function per trial, resources per trial.
-    trainable = tune.with_resources(tune.with_parameters(run_trial, runtime=runtime), trial_resources(cfg))
-    metric, mode = _metric_mode(cfg)
-    progress = ProgressCallback(metric=metric, mode=mode, echo=echo, total=len(trials) or None)
-
-    if resume:
-        tuner = tune.Tuner.restore(
-            str(tune_path), trainable=trainable, resume_unfinished=True, resume_errored=True
-        )
-        echo("resuming: finished trials are kept; unfinished ones continue from their checkpoints")
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=_param_space(cfg, trials),
-            tune_config=tune.TuneConfig(
-                metric=metric,
-                mode=mode,
-                search_alg=_search_alg(cfg, results_dir, metric, mode),
-                scheduler=_scheduler(cfg, metric, mode),
-                num_samples=cfg.search.num_samples if cfg.search and cfg.search.method == "optuna" else 1,
-                max_concurrent_trials=max_conc,
-            ),
-            run_config=tune.RunConfig(
-                name=TUNE_DIR,
-                storage_path=str(results_dir),
-                callbacks=[progress],
-                verbose=0,
-                failure_config=tune.FailureConfig(max_failures=1),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            ),
-        )
-    if resume:  # restored tuners keep their own run config; attach live progress anyway
-        tuner._local_tuner._run_config.callbacks = [progress]  # noqa: SLF001
-    grid, interrupted = _fit_noting_interrupt(tuner)
-
-    for ref, label in stage_tasks:
-        try:
-            echo(f"stage cyclegan {label}: {ray.get(ref)}")
-        except Exception as exc:  # noqa: BLE001 - surfaced to the user; trials that needed it failed too
-            echo(f"stage cyclegan {label}: FAILED ({exc})")
-
-    outcome = _finish(cfg, grid, results_dir, root, t0, interrupted)
-    outcome.baseline = baseline
-    outcome.timing["slots"] = max_conc
-    for name, n in sorted(outcome.stage_reuse.items()):
-        echo(f"stage {name}: reused by {n} trial(s)")
-    _write_meta(results_dir, cfg, trials, started=False, outcome=outcome)
-    return outcome
+    slots = check_fits(plan.cfg, ray.cluster_resources())
+    return min(slots, plan.cfg.resources.max_concurrent_trials or slots)
 
 
-def _lpips_preflight(cfg: ExperimentConfig, echo: Callable[[str], None]) -> ExperimentConfig:
-    """Find missing LPIPS weights before any trial starts: fail (not optional) or say so once, loudly."""
-    if "lpips" not in cfg.eval.metrics or cfg.eval.lpips.random_backbone:
-        return cfg
-    from csrgan.weights import MissingWeightsError, resolve
-
-    backbone = "alexnet" if cfg.eval.lpips.net == "alex" else "vgg16"
-    try:
-        resolve(backbone, cfg.eval.lpips.source)
-    except MissingWeightsError as exc:
-        if not cfg.eval.lpips.optional:
-            raise SweepError(f"{exc}\n(or mark LPIPS optional: eval.lpips.optional: true)") from None
-        bar = "!" * 78
-        echo(
-            f"{bar}\nLPIPS DISABLED for this sweep: the {backbone} backbone weights are missing and "
-            f"eval.lpips.optional is true,\nso every lpips value is left empty (null).\n{exc}\n{bar}"
-        )
-        metrics = [m for m in cfg.eval.metrics if m != "lpips"]
-        return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": metrics})})
-    return cfg
-
-
-def _bicubic_baseline(cfg: ExperimentConfig, echo: Callable[[str], None]) -> dict[str, float]:
-    """MATLAB-bicubic PSNR/SSIM on every test set: the number a trained model has to beat."""
-    from csrgan.train.evaluation import evaluate_bicubic
-
-    metrics = [m for m in cfg.eval.metrics if m in ("psnr", "ssim")]
-    base = evaluate_bicubic(cfg.data.test_sets, cfg.data.scale, metrics)
-    if base:
-        echo("bicubic baseline: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(base.items())))
-    return base
-
-
-def _metric_mode(cfg: ExperimentConfig) -> tuple[str, str]:
-    if cfg.search is None:
-        first = cfg.data.test_sets[0].name if cfg.data.test_sets else "unknown"
-        return f"{first}/psnr", "max"
-    return cfg.search.metric.name, "max" if cfg.search.metric.goal == "maximize" else "min"
-
-
-def _param_space(cfg: ExperimentConfig, trials: list[TrialSpec]) -> dict[str, Any]:
+def _tuner(plan: SweepPlan, slots: int, echo: Echo) -> Any:
+    """A new Tuner, or the restored one (``--resume``); the trainable is :func:`run_trial`."""
     from ray import tune
 
-    if cfg.search is not None and cfg.search.method == "optuna":
-        return {"seed": cfg.search.seeds[0]}  # constants only: the space is Optuna's define-by-run
-    return {"trial": tune.grid_search([{"params": t.params, "seed": t.seed} for t in trials])}
+    from csrgan.sweep.progress import ProgressCallback
+
+    cfg = plan.cfg
+    runtime = SweepRuntime(cfg.model_dump(mode="json"), plan.layout, git_commit(), _param_names(cfg))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, runtime=runtime), trial_resources(cfg))
+    ProgressCallback.attach(echo)  # restored tuners keep their pickled callback: it prints through this
+    if plan.resume:
+        echo("resuming: finished trials are kept; unfinished ones continue from their checkpoints")
+        return tune.Tuner.restore(
+            str(plan.layout.tune), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    metric, mode = plan.metric
+    optuna = cfg.search is not None and cfg.search.method == "optuna"
+    return tune.Tuner(
+        trainable,
+        param_space=_param_space(plan),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            search_alg=_search_alg(plan) if optuna else None,
+            scheduler=_scheduler(cfg),
+            num_samples=cfg.search.num_samples if optuna else 1,  # type: ignore[union-attr]
+            max_concurrent_trials=slots,
+        ),
+        run_config=tune.RunConfig(
+            name=plan.layout.tune.name,
+            storage_path=str(plan.layout.results),
+            callbacks=[ProgressCallback(metric=metric, mode=mode, total=len(plan.trials) or None)],
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    )
 
 
-def _search_alg(cfg: ExperimentConfig, results_dir: Path, metric: str, mode: str) -> Any:
-    if cfg.search is None or cfg.search.method != "optuna":
-        return None
+def _param_names(cfg: ExperimentConfig) -> tuple[str, ...]:
+    return tuple(cfg.search.parameters) if cfg.search else ()
+
+
+def _param_space(plan: SweepPlan) -> dict[str, Any]:
+    from ray import tune
+
+    s = plan.cfg.search
+    if s is not None and s.method == "optuna":
+        return {"seed": s.seeds[0]}  # constants only: the space is Optuna's define-by-run
+    return {"trial": tune.grid_search([{"params": t.params, "seed": t.seed} for t in plan.trials])}
+
+
+def _search_alg(plan: SweepPlan) -> Any:
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{results_dir / '_optuna.db'}")
-    sampler = optuna.samplers.TPESampler(seed=cfg.search.sampler_seed)
+    s = plan.cfg.search
+    assert s is not None
+    metric, mode = plan.metric
     return OptunaSearch(
-        space=optuna_space(cfg.search),
+        space=optuna_space(s),
         metric=metric,
         mode=mode,
-        sampler=sampler,
-        study_name=cfg.name,
-        storage=storage,
+        sampler=optuna.samplers.TPESampler(seed=s.sampler_seed),
+        study_name=plan.cfg.name,
+        storage=optuna.storages.RDBStorage(plan.layout.optuna_url),
     )
 
 
-def _scheduler(cfg: ExperimentConfig, metric: str, mode: str) -> Any:
+def _scheduler(cfg: ExperimentConfig) -> Any:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     sched = cfg.search.scheduler if cfg.search else None
@@ -317,27 +297,54 @@ def _scheduler(cfg: ExperimentConfig, metric: str, mode: str) -> Any:
     )
 
 
-def _start_cyclegan_builds(
-    cfg: ExperimentConfig, trials: list[TrialSpec], root: Path, echo: Callable[[str], None]
-) -> list[tuple[Any, str]]:
+def _bicubic_baseline(cfg: ExperimentConfig, echo: Echo) -> dict[str, float]:
+    """MATLAB-bicubic PSNR/SSIM on every test set: the number a trained model has to beat."""
+    from csrgan.evaluation import evaluate_bicubic
+
+    metrics = [m for m in cfg.eval.metrics if m in ("psnr", "ssim")]
+    base = evaluate_bicubic(cfg.data.test_sets, cfg.data.scale, metrics)
+    if base:
+        echo("bicubic baseline: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(base.items())))
+    return base
+
+
+def _build_cyclegan_task(cfg_json: dict[str, Any], layout: SweepLayout) -> str:
+    """Ray task: build (or reuse) one CycleGAN stage before the trials that need it start."""
+    from csrgan.config import validate_config
+
+    out = build_shared_stages(validate_config(cfg_json), layout, built_by="driver", only=("cyclegan",))
+    return "reused" if out["cyclegan"].reused else "built"
+
+
+def _start_cyclegan_builds(plan: SweepPlan, echo: Echo) -> list[tuple[Any, str]]:
     import ray
 
     wanted: dict[str, ExperimentConfig] = {}
-    for t in trials:
-        tc = trial_config(cfg, t)
-        if needs_cyclegan(tc):
-            wanted.setdefault(cyclegan_stage_key(tc), tc)
+    for t in plan.trials:
+        tc = trial_config(plan.cfg, t)
+        if "cyclegan" in shared_stages(tc):
+            wanted.setdefault(stage_ref("cyclegan", tc, plan.layout).key, tc)
     tasks = []
     for key, tc in wanted.items():
-        ref = stage_ref("cyclegan", tc, root)
+        ref = stage_ref("cyclegan", tc, plan.layout)
         if ref.is_done():
             echo(f"stage cyclegan {key}: reused from {ref.dir}")
             continue
         res = trial_resources(tc)
-        task = ray.remote(_build_stage_task).options(num_cpus=res["CPU"], num_gpus=res.get("GPU", 0))
-        tasks.append((task.remote(tc.model_dump(mode="json"), str(root)), key))
+        task = ray.remote(_build_cyclegan_task).options(num_cpus=res["CPU"], num_gpus=res.get("GPU", 0))
+        tasks.append((task.remote(tc.model_dump(mode="json"), plan.layout), key))
         echo(f"stage cyclegan {key}: building (used by the trials with sr.mix_prob > 0)")
     return tasks
+
+
+def _report_stage_tasks(tasks: list[tuple[Any, str]], echo: Echo) -> None:
+    import ray
+
+    for ref, label in tasks:
+        try:
+            echo(f"stage cyclegan {label}: {ray.get(ref)}")
+        except Exception as exc:  # noqa: BLE001 - surfaced to the user; trials that needed it failed too
+            echo(f"stage cyclegan {label}: FAILED ({exc})")
 
 
 def _fit_noting_interrupt(tuner: Any) -> tuple[Any, bool]:
@@ -366,9 +373,8 @@ def _fit_noting_interrupt(tuner: Any) -> tuple[Any, bool]:
     return grid, interrupted
 
 
-def _finish(
-    cfg: ExperimentConfig, grid: Any, results_dir: Path, root: Path, t0: float, interrupted: bool
-) -> SweepOutcome:
+# -------------------------------------------------------------------------------------------- finish
+def finish_sweep(plan: SweepPlan, grid: Any, t0: float, interrupted: bool) -> SweepOutcome:
     """Map Tune's trial states onto row statuses; list what is unfinished.
 
     After Ctrl-C, Tune may report a trial it was running as TERMINATED: then only our own rows say
@@ -376,29 +382,34 @@ def _finish(
     """
     from csrgan.results import ResultsStore
 
-    store = ResultsStore(str(root), cfg.name)
-    outcome = SweepOutcome(results_dir=results_dir, wall_s=time.time() - t0)
-    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
-    train_s, outcome.stage_reuse = _training_seconds(results_dir, root, t0)
-    for trial in trials:
+    store = ResultsStore(str(plan.layout.root), plan.cfg.name)
+    outcome = SweepOutcome(results_dir=plan.layout.results, wall_s=time.time() - t0)
+    train_s, outcome.stage_reuse = _training_seconds(plan.layout, t0)
+    for trial in getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []:
         tid = trial.trial_id
         df = store.read_trial(tid)
-        file_status = str(df["status"].iloc[0]) if df is not None and not df.empty else None
-        if file_status in ("finished", "diverged"):
-            status = file_status
-        elif trial.status == "TERMINATED" and not interrupted:
-            # a scheduler (ASHA) stopped it, possibly at max_t right after its last report
-            status = "finished" if df is not None and _reached_end(df, cfg) else "stopped"
-        elif trial.status == "ERROR":
-            status = "diverged" if file_status == "diverged" else "error"
-        else:
-            status = "unfinished"
+        on_disk = str(df["status"].iloc[0]) if df is not None and not df.empty else None
+        status = _trial_status(plan.cfg, trial.status, on_disk, df, interrupted)
+        if status == "unfinished":
             outcome.unfinished.append(tid)
         outcome.statuses[tid] = status
-        if df is not None and not df.empty and status not in ("unfinished", file_status):
+        if df is not None and not df.empty and status not in ("unfinished", on_disk):
             store.write_trial(tid, _records(df), status=status)
     outcome.timing = {"wall_s": round(outcome.wall_s, 1), "train_s": round(train_s, 1)}
     return outcome
+
+
+def _trial_status(
+    cfg: ExperimentConfig, tune_status: str, on_disk: str | None, df: Any, interrupted: bool
+) -> str:
+    if on_disk in ("finished", "diverged"):
+        return on_disk
+    if tune_status == "TERMINATED" and not interrupted:
+        # a scheduler (ASHA) stopped it, possibly at max_t right after its last report
+        return "finished" if df is not None and _reached_end(df, cfg) else "stopped"
+    if tune_status == "ERROR":
+        return "error"
+    return "unfinished"
 
 
 def _reached_end(df: Any, cfg: ExperimentConfig) -> bool:
@@ -409,25 +420,22 @@ def _reached_end(df: Any, cfg: ExperimentConfig) -> bool:
     return int(gan["step"].max()) >= int(iters)
 
 
-def _training_seconds(results_dir: Path, root: Path, t0: float) -> tuple[float, dict[str, int]]:
+def _training_seconds(layout: SweepLayout, t0: float) -> tuple[float, dict[str, int]]:
     """Seconds spent in trainers during this run (trials' GAN phases and the stages they built, plus
     stages the driver's tasks built), and how many trials reused each stage artefact."""
     total = 0.0
     reuse: dict[str, int] = {}
-    for f in (results_dir / "_trials").glob("*/timing.json"):
+    for f in layout.trials.glob("*/timing.json"):
         if f.stat().st_mtime < t0:
             continue
         t = json.loads(f.read_text())
         total += float(t.get("gan_s", 0.0)) + sum(t.get("stages_built_s", {}).values())
         for name in t.get("stages_reused", []):
             reuse[name] = reuse.get(name, 0) + 1
-    for info_path in (root / "_stages").glob("cyclegan-*/stage.json"):
+    for info_path in layout.stages.glob("cyclegan-*/stage.json"):
         info = json.loads(info_path.read_text())
-        if (
-            info_path.stat().st_mtime >= t0
-            and info.get("status") == "finished"
-            and info.get("built_by") == "driver"
-        ):
+        recent = info_path.stat().st_mtime >= t0
+        if recent and info.get("status") == "finished" and info.get("built_by") == "driver":
             total += float(info.get("wall_s", 0.0))
     return total, reuse
 
@@ -441,23 +449,14 @@ def _records(df: Any) -> list[dict[str, Any]]:
     ]
 
 
-def _write_meta(
-    results_dir: Path,
-    cfg: ExperimentConfig,
-    trials: list[TrialSpec],
-    started: bool,
-    outcome: SweepOutcome | None = None,
-) -> None:
-    path = results_dir / "_sweep.json"
-    meta: dict[str, Any] = {}
-    if path.is_file():
-        meta = json.loads(path.read_text())
+def _write_meta(plan: SweepPlan, started: bool, outcome: SweepOutcome | None = None) -> None:
+    path = plan.layout.meta
+    meta: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     if started:
-        meta.setdefault("runs", []).append(
-            {"started_at": datetime.now(UTC).isoformat(timespec="seconds"), "argv": sys.argv}
-        )
-        meta["config"] = cfg.model_dump(mode="json")
-        meta["trials"] = [t.label() for t in trials]
+        run = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"), "argv": sys.argv}
+        meta.setdefault("runs", []).append(run)
+        meta["config"] = plan.cfg.model_dump(mode="json")
+        meta["trials"] = [t.label() for t in plan.trials]
     if outcome is not None:
         meta["bicubic_baseline"] = outcome.baseline
         meta["runs"][-1].update(
@@ -473,4 +472,14 @@ def _write_meta(
     tmp.replace(path)
 
 
-__all__ = ["SweepError", "SweepOutcome", "run_sweep", "plan_trials", "check_fits", "devices_of"]
+__all__ = [
+    "SweepError",
+    "SweepOutcome",
+    "SweepPlan",
+    "check_fits",
+    "devices_of",
+    "finish_sweep",
+    "plan_sweep",
+    "plan_trials",
+    "run_sweep",
+]

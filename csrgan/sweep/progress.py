@@ -1,4 +1,10 @@
-"""Live sweep progress in the terminal: one line per trial event, plus running/done/failed and best so far."""
+"""Live sweep progress in the terminal: one line per trial event, plus running/done/failed and best so far.
+
+Tune pickles its callbacks with the experiment (``tuner.pkl``) and a resumed sweep gets them back from
+there, so the callback never pickles *where* it prints: it prints through the function the current
+process :meth:`ProgressCallback.attach`-ed (the driver does, for new and resumed sweeps alike), and
+its counters start afresh in :meth:`ProgressCallback.setup`.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +17,22 @@ from ray.tune import Callback
 
 
 class ProgressCallback(Callback):
-    def __init__(
-        self,
-        metric: str,
-        mode: str,
-        echo: Callable[[str], None] = print,
-        total: int | None = None,
-        every_s: float = 30.0,
-    ) -> None:
-        self.metric, self.mode, self.echo, self.total, self.every_s = metric, mode, echo, total, every_s
+    _echo: Callable[[str], None] = print
+
+    def __init__(self, metric: str, mode: str, total: int | None = None, every_s: float = 30.0) -> None:
+        self.metric, self.mode, self.total, self.every_s = metric, mode, total, every_s
+        self.setup()
+
+    @classmethod
+    def attach(cls, echo: Callable[[str], None]) -> None:
+        """Where every ProgressCallback of this process prints (also one restored by ``Tuner.restore``)."""
+        cls._echo = staticmethod(echo)  # type: ignore[assignment]
+
+    def echo(self, line: str) -> None:
+        type(self)._echo(line)
+
+    def setup(self, **info: Any) -> None:
+        """Tune calls this when the experiment (re)starts: count this run's trials from zero."""
         self.running: set[str] = set()
         self.done: set[str] = set()
         self.failed: set[str] = set()

@@ -4,6 +4,11 @@ The recorder keeps every row of its trial and rewrites the trial's file after ea
 (:class:`csrgan.results.ResultsStore` does the atomic write). On resume it reloads the rows already on
 disk and drops those past the checkpoint it resumes from, so a killed-and-resumed trial never has
 duplicate rows and never loses a finished evaluation.
+
+:class:`TrialRows` is the picklable reporter factory the sweep hands to the launcher
+(:mod:`csrgan.train.launch`): the launcher builds a :class:`TrialReporter` on rank 0 of whichever
+process runs the GAN phase (the trial itself, or rank 0 of its Ray Train group), so the trainer never
+knows it is being recorded.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from csrgan.metrics import METRIC_NAMES as METRICS
 from csrgan.results import ResultsStore
-
-METRICS = ("psnr", "ssim", "lpips")
+from csrgan.storage import SweepLayout
 
 
 def eval_rows(metrics: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
@@ -111,6 +117,51 @@ class TrialRecorder:
             self.record({f"{t}/psnr": None for t in self.test_sets} | {"step": 0}, phase="gan")
             return
         self.store.write_trial(self.trial_id, self.rows, status=self.status)
+
+
+@dataclass(frozen=True)
+class TrialRows:
+    """Where one trial's rows go and what they all carry; builds recorders and reporters for it."""
+
+    layout: SweepLayout
+    trial_id: str
+    static: dict[str, Any]
+    devices: float
+    test_sets: tuple[str, ...] = field(default_factory=tuple)
+    phase: str = "gan"
+
+    def recorder(self) -> TrialRecorder:
+        """A recorder holding the rows already on disk."""
+        store = ResultsStore(str(self.layout.root), self.layout.sweep)
+        return TrialRecorder(store, self.trial_id, dict(self.static), self.devices, list(self.test_sets))
+
+    def __call__(self) -> TrialReporter:
+        return TrialReporter(self.recorder(), self.phase)
+
+
+class TrialReporter:
+    """The sweep's :class:`csrgan.train.context.Reporter`: records each evaluation as rows, and carries
+    the last evaluation's metrics forward into every later report, so the scheduler and the searcher
+    always see the sweep's metric."""
+
+    def __init__(self, recorder: TrialRecorder, phase: str) -> None:
+        self.recorder, self.phase = recorder, phase
+        self.last_eval: dict[str, Any] = {}
+
+    def resumed(self, step: int) -> None:
+        self.recorder.resume_from(self.phase, step)
+
+    def report(self, metrics: Mapping[str, Any]) -> Mapping[str, Any]:
+        out = dict(metrics)
+        if self.recorder.record(out, self.phase):
+            self.last_eval = {k: v for k, v in out.items() if _is_eval_key(k)}
+        for k, v in self.last_eval.items():
+            out.setdefault(k, v)
+        return out
+
+
+def _is_eval_key(key: str) -> bool:
+    return "/" in key and not key.startswith("loss/") and key.rsplit("/", 1)[1] in METRICS
 
 
 def _is_nan(v: Any) -> bool:

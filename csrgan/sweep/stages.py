@@ -1,17 +1,15 @@
 """Stage artefacts shared across trials and sweeps: the CycleGAN and SRResNet pre-training.
 
 A sweep is a small DAG: CycleGAN (once per distinct CycleGAN config) -> SRResNet pre-training (once per
-distinct pre-training config) -> the SRGAN (GAN-phase) trials. Each stage is keyed by a hash of
-everything that affects its result (:func:`csrgan.config.cyclegan_stage_key`,
-:func:`csrgan.config.pretrain_stage_key`) and lives in ``<storage>/_stages/<kind>-<key>/``:
+distinct pre-training config) -> the SRGAN (GAN-phase) trials. Which stages a trial needs, and the key
+of each, come from the stage table (:mod:`csrgan.train.stages`); each lives in
+``<storage>/_stages/<stage>-<key>/`` (:class:`csrgan.storage.SweepLayout`), laid out like any stage run
+(:mod:`csrgan.train.launch`) plus::
 
-    stage.json        key, kind, status, final metrics, config excerpt, timings, csrgan version
-    final/            the artefact (generator weights + json)
-    checkpoints/      full training state, so an interrupted stage resumes instead of restarting
+    stage.json        key, stage, status, final metrics, config excerpt, timings, csrgan version
     .lock             a file lock: one builder per key, others wait and then reuse
 
-The leading underscore keeps ``_stages`` out of ``pd.read_parquet(<storage>/<sweep>)``. Stage builds run
-where the caller runs them (a trial process, a Ray task); this module only knows keys, folders and locks.
+A build runs where the caller runs it (a trial process, a Ray task), through the launcher.
 """
 
 from __future__ import annotations
@@ -23,20 +21,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from filelock import FileLock
 
 from csrgan import __version__
-from csrgan.config import ExperimentConfig, cyclegan_stage_key, pretrain_stage_key
+from csrgan.config import ExperimentConfig
+from csrgan.storage import STAGES_DIR, SweepLayout
+from csrgan.train.launch import inside_ray_task, launch
+from csrgan.train.stages import get_stage
 
-StageKind = Literal["cyclegan", "pretrain"]
-STAGES_DIR = "_stages"
+__all__ = [
+    "STAGES_DIR",
+    "StageDivergedError",
+    "StageOutcome",
+    "StageRef",
+    "build_shared_stages",
+    "ensure_stage",
+    "shared_stages",
+    "stage_ref",
+]
+
+
+class StageDivergedError(RuntimeError):
+    """A shared stage produced non-finite losses: every trial that depends on it is ``diverged``."""
 
 
 @dataclass(frozen=True)
 class StageRef:
-    kind: StageKind
+    stage: str
     key: str
     dir: Path
 
@@ -66,18 +79,15 @@ class StageOutcome:
     info: dict[str, Any]
 
 
-def stage_ref(kind: StageKind, cfg: ExperimentConfig, storage_root: Path) -> StageRef:
-    key = cyclegan_stage_key(cfg) if kind == "cyclegan" else pretrain_stage_key(cfg)
-    return StageRef(kind, key, Path(storage_root) / STAGES_DIR / f"{kind}-{key}")
+def stage_ref(stage: str, cfg: ExperimentConfig, layout: SweepLayout) -> StageRef:
+    key = get_stage(stage).key(cfg)
+    return StageRef(stage, key, layout.stage_dir(stage, key))
 
 
-def needs_cyclegan(cfg: ExperimentConfig) -> bool:
-    """p = 0 trials never touch a CycleGAN."""
-    return cfg.sr.mix_prob > 0
-
-
-def needs_pretrain(cfg: ExperimentConfig) -> bool:
-    return cfg.sr.pretrain.iters > 0
+def shared_stages(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The stages a trial's GAN phase needs, upstream first (``p = 0``: no CycleGAN; no pre-training
+    iterations: no pre-training)."""
+    return get_stage("gan").inputs(cfg)
 
 
 def ensure_stage(
@@ -90,7 +100,8 @@ def ensure_stage(
 
     ``build`` trains into ``stage_dir`` (checkpoints under ``stage_dir/checkpoints`` make an interrupted
     build resume) and returns the final metrics. Concurrent callers for the same key wait on the lock and
-    then reuse the result; a failed build leaves no ``finished`` marker, so the next caller retries.
+    then reuse the result; a failed build leaves no ``finished`` marker, so the next caller retries. A
+    diverged build is remembered (it is deterministic: rebuilding would diverge again).
     """
     _raise_if_diverged(ref)
     if ref.is_done():
@@ -103,45 +114,59 @@ def ensure_stage(
         t0 = time.time()
         _write_info(ref, {"status": "running", "started_at": _now(), "pid": os.getpid(), **(describe or {})})
         metrics = build(ref.dir)
-        if metrics.get("diverged"):  # trainers stop without a final artefact when a loss goes non-finite
-            _write_info(
-                ref,
-                {
-                    "kind": ref.kind,
-                    "key": ref.key,
-                    "status": "diverged",
-                    "metrics": metrics,
-                    "finished_at": _now(),
-                    **(describe or {}),
-                },
-            )
-            raise StageDivergedError(f"{ref.kind} stage {ref.key} diverged; see {ref.info_path}")
-        if not ref.final.is_dir():
-            raise RuntimeError(f"{ref.kind} stage {ref.key}: the build finished without writing {ref.final}")
-        info = {
-            "kind": ref.kind,
+        done = {
+            "stage": ref.stage,
             "key": ref.key,
-            "status": "diverged" if metrics.get("diverged") else "finished",
             "metrics": metrics,
-            "wall_s": round(time.time() - t0, 3),
             "finished_at": _now(),
-            "csrgan_version": __version__,
             **(describe or {}),
         }
+        if metrics.get("diverged"):  # trainers stop without a final artefact when a loss goes non-finite
+            _write_info(ref, {**done, "status": "diverged"})
+            raise StageDivergedError(f"{ref.stage} stage {ref.key} diverged; see {ref.info_path}")
+        if not ref.final.is_dir():
+            raise RuntimeError(f"{ref.stage} stage {ref.key}: the build finished without writing {ref.final}")
+        info = {
+            **done,
+            "status": "finished",
+            "wall_s": round(time.time() - t0, 3),
+            "csrgan_version": __version__,
+        }
         _write_info(ref, info)
-        if info["status"] != "finished":
-            raise StageDivergedError(f"{ref.kind} stage {ref.key} diverged; see {ref.info_path}")
         return StageOutcome(ref, False, info)
 
 
-class StageDivergedError(RuntimeError):
-    """A shared stage produced non-finite losses: every trial that depends on it is ``diverged``."""
+def build_shared_stages(
+    cfg: ExperimentConfig, layout: SweepLayout, built_by: str = "trial", only: tuple[str, ...] | None = None
+) -> dict[str, StageOutcome]:
+    """Fetch or build (in this Ray process, :func:`csrgan.train.launch.inside_ray_task`) the shared stages
+    of ``cfg`` — or just ``only`` of them — each reading its upstream stages' ``final/``."""
+    out: dict[str, StageOutcome] = {}
+    for name in shared_stages(cfg):
+        stage = get_stage(name)
+        ref = stage_ref(name, cfg, layout)
+        inputs = {
+            up: out[up].ref.final if up in out else stage_ref(up, cfg, layout).final
+            for up in stage.inputs(cfg)
+        }
+        if only is not None and name not in only:
+            continue
+
+        def build(d: Path, name: str = name, inputs: dict[str, Path] = inputs) -> dict[str, Any]:
+            return launch(name, cfg, d, inputs, inside_ray_task(cfg)).metrics
+
+        section = cfg.cyclegan if name == "cyclegan" else cfg.sr.pretrain
+        describe = {name: section.model_dump(mode="json"), "built_by": built_by}
+        if name != "cyclegan":
+            describe |= {"mix_prob": cfg.sr.mix_prob, "seed": cfg.seed}
+        out[name] = ensure_stage(ref, build, describe=describe)
+    return out
 
 
 def _raise_if_diverged(ref: StageRef) -> None:
     info = ref.info()
-    if info and info.get("status") == "diverged":  # deterministic: rebuilding would diverge again
-        raise StageDivergedError(f"{ref.kind} stage {ref.key} diverged; see {ref.info_path}")
+    if info and info.get("status") == "diverged":
+        raise StageDivergedError(f"{ref.stage} stage {ref.key} diverged; see {ref.info_path}")
 
 
 def _write_info(ref: StageRef, info: dict[str, Any]) -> None:

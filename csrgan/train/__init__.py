@@ -1,6 +1,13 @@
-"""Trainers: per-worker loop functions that run under Ray Train, or alone in one process.
+"""Training: one loop skeleton, the stage algorithms on it, and one launcher for every back-end.
 
-A loop function receives a validated :class:`csrgan.config.ExperimentConfig` and a
-:class:`csrgan.train.context.TrainContext`; it knows nothing of Ray Tune. Ray Train, local single-process
-runs and tests each pass their own context.
+* :mod:`csrgan.train.loop` — :class:`~csrgan.train.loop.TrainLoop`, what every stage shares (cadence,
+  checkpoints, resume, divergence, DDP bookkeeping, seeds, threads, AMP);
+* :mod:`csrgan.train.cyclegan`, :mod:`csrgan.train.srgan` — the algorithms: networks, losses, step;
+* :mod:`csrgan.train.stages` (+ :mod:`~csrgan.train.keys`) — the stage table: loop, inputs, key;
+* :mod:`csrgan.train.launch` — ``launch(stage, cfg, out_dir, inputs, backend, reporter)`` with the
+  in-process, Ray Train and Tune-trial back-ends; :mod:`csrgan.train.pipeline` — ``csrgan train``.
+
+A loop receives a validated :class:`csrgan.config.ExperimentConfig` and a
+:class:`csrgan.train.context.TrainContext`; it knows nothing of Ray Tune or of the sweep, which watch a
+run through a reporter they hand down.
 """

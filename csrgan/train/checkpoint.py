@@ -1,10 +1,19 @@
 """Full training state on disk, loaded with ``torch.load(weights_only=True)``.
 
 A checkpoint is a directory ``step_XXXXXXXX/`` holding ``state.pt``: a plain nested dict of tensors,
-numbers, strings, lists and dicts — everything needed to continue bit-for-bit: model and optimiser
-state dicts, schedulers, grad scalers, iteration, RNG states (python, numpy, torch CPU/CUDA, any
-explicit generators), image pool and data position. No pickled objects, so ``weights_only=True`` works
-and a checkpoint can't run code when loaded.
+numbers, strings, lists and dicts — everything needed to continue bit-for-bit. No pickled objects, so
+``weights_only=True`` works and a checkpoint can't run code when loaded. Every stage writes the same
+layout (:class:`csrgan.train.loop.TrainLoop` builds it)::
+
+    format      CHECKPOINT_FORMAT
+    stage       "cyclegan" | "pretrain" | "gan"
+    key         the stage key of the config that wrote it (resuming under another config is refused)
+    step        iterations done; the data position too (batches are a function of the step)
+    world_size  workers that wrote it (the data shards depend on it)
+    metrics     the last report
+    nets / optimizers / schedulers   {name: state_dict}
+    ranks       per rank: global RNG states (python, numpy, torch CPU/CUDA) + the loop's own extras
+    export      {"net": name, "spec": generator spec}: the generator the stage exports
 """
 
 from __future__ import annotations
@@ -18,6 +27,11 @@ import numpy as np
 import torch
 
 STATE_FILE = "state.pt"
+CHECKPOINT_FORMAT = "csrgan.checkpoint/v2"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not belong to this run (other stage, config or world size)."""
 
 
 def step_dir_name(step: int) -> str:
@@ -40,15 +54,6 @@ def load_state(directory: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint state at {path}")
     return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def numpy_state(gen: np.random.Generator) -> dict[str, Any]:
-    """A numpy Generator's state with its 128-bit integers as strings (safe for weights_only)."""
-    return _ints_to_str(gen.bit_generator.state)
-
-
-def set_numpy_state(gen: np.random.Generator, state: dict[str, Any]) -> None:
-    gen.bit_generator.state = _str_to_ints(state)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -75,17 +80,24 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _ints_to_str(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _ints_to_str(v) for k, v in obj.items()}
-    if isinstance(obj, int) and not isinstance(obj, bool) and abs(obj) >= 2**63:
-        return {"__bigint__": str(obj)}
-    return obj
-
-
-def _str_to_ints(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        if set(obj) == {"__bigint__"}:
-            return int(obj["__bigint__"])
-        return {k: _str_to_ints(v) for k, v in obj.items()}
-    return obj
+def check_state(state: dict[str, Any], where: Path, stage: str, key: str, world_size: int) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``state`` was written by this stage and config."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatchError(
+            f"{where}: not a {CHECKPOINT_FORMAT} checkpoint (format {state.get('format')!r}); "
+            "start in a new output folder"
+        )
+    if state["stage"] != stage:
+        raise CheckpointMismatchError(
+            f"{where}: a checkpoint of stage {state['stage']!r}, this run is {stage!r}"
+        )
+    if state["key"] != key:
+        raise CheckpointMismatchError(
+            f"{where}: written by a different {stage} configuration (stage key {state['key']} != {key}); "
+            "resume with the original config or start in a new output folder"
+        )
+    if state["world_size"] != world_size:
+        raise CheckpointMismatchError(
+            f"{where}: written by {state['world_size']} worker(s), this run has {world_size}; "
+            "the data shards differ, so it cannot continue exactly"
+        )

@@ -1,57 +1,55 @@
-"""Run a training stage under Ray Train (Train V2): a :class:`TrainContext` over ``ray.train`` and the driver.
+"""Ray Train (Train V2): the worker-group back-end of :mod:`csrgan.train.launch`.
 
 How the pieces fit (see also ``/work/shared/notes/ray-2.60.md``):
 
-* :func:`run_stage` runs in the *driver* (a CLI process, or a Ray Tune trial function). It resolves the
-  data paths, checks that the workers fit the cluster, and builds a ``TorchTrainer`` whose
-  ``train_loop_per_worker`` is :func:`_worker_entry` and whose ``train_loop_config`` carries the stage
-  name, the validated config as JSON and the stage's extra inputs (checkpoint paths).
+* :func:`run_worker_group` runs in the *driver* (a CLI process, a Ray task or a Tune trial). It checks
+  that the workers fit the cluster and builds a ``TorchTrainer`` whose ``train_loop_per_worker`` is
+  :func:`_worker_entry`, with the stage name, the validated config as JSON, the stage's inputs and an
+  optional reporter factory in ``train_loop_config``.
 * :func:`_worker_entry` runs once per worker: it validates the config again (workers never trust a
-  dict), builds a :class:`RayTrainContext` and calls the stage's trainer through
-  :func:`csrgan.train.run.call_stage` — the same function local runs use.
-* Checkpoints: rank 0 hands a ``step_XXXXXXXX`` directory to :meth:`RayTrainContext.report`, Ray copies
-  it to ``{storage_path}/{name}/`` and keeps the newest two. A worker failure restarts the whole worker
-  group (``FailureConfig(max_failures)``) and :meth:`RayTrainContext.latest_checkpoint` hands the
-  newest persisted checkpoint to the trainer, which continues from it. Running :func:`run_stage` again
-  with the same ``(storage_path, name)`` resumes the same way (Train V2 resumes automatically).
-  A checkpoint counts once Ray's controller has *registered* it, which happens when it polls the
-  workers (every ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, default 2 s): a worker killed right after a
-  report may take that checkpoint with it, and the restart then uses the one before.
+  dict), builds a :class:`RayTrainContext` and calls the stage's loop from the stage table
+  (:mod:`csrgan.train.stages`), the same function in-process runs use.
+* Layout: Ray's run is ``storage_path=<out_dir>``, ``name="checkpoints"``, so its checkpoints land in
+  ``<out_dir>/checkpoints/step_XXXXXXXX`` — where a :class:`csrgan.train.context.LocalContext` puts
+  them — and rank 0 writes ``final/``, ``metrics.jsonl`` and ``grids/`` to ``<out_dir>`` directly
+  (``<out_dir>`` must be visible to every worker: on a multi-node cluster, shared storage).
+* Failures: a worker failure restarts the whole worker group (``FailureConfig(max_failures)``) and
+  :meth:`RayTrainContext.latest_checkpoint` hands the newest persisted checkpoint to the loop, which
+  continues from it. Running :func:`run_worker_group` again on the same ``out_dir`` resumes the same way
+  (Train V2 resumes a run that reuses ``(storage_path, name)``). A checkpoint counts once Ray's
+  controller has *registered* it, which happens when it polls the workers (every
+  ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``, default 2 s): a worker killed right after a report may take
+  that checkpoint with it, and the restart then uses the one before.
 * Report rate: each worker's result queue holds one report and is drained at those polls, so
   reporting more often than every ~2 s stalls training (fine for ``eval_every``-sized intervals;
   tests lower the interval — the variable is propagated from the driver to the workers).
-* Artefacts that are not checkpoints (``metrics.jsonl``, evaluation grids) go to
-  ``{storage_path}/{name}/artifacts`` (:func:`artifact_dir`), written by rank 0 only.
 
-Trainers never import Ray: everything Ray-specific is in this module.
+Loops never import Ray: everything Ray-specific is in this module.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from csrgan.config import ExperimentConfig, validate_config
-from csrgan.train.context import _jsonable
-from csrgan.train.run import ARTIFACTS_DIR, STAGES, RunResult, final_of
+from csrgan.train.context import CHECKPOINTS_DIR, ContextBase, ReporterFactory
 
 __all__ = [
+    "LOOPBACK_NODE_IP",
     "RayResourceError",
     "RayTrainContext",
-    "artifact_dir",
     "check_resources",
     "ddp_kwargs",
     "ensure_ray",
-    "run_stage",
+    "run_worker_group",
+    "worker_threads",
 ]
 
 #: Node IP for an embedded cluster. Ray rewrites 127.0.0.1 into the machine's external address; any
@@ -92,53 +90,30 @@ class RayResourceError(RuntimeError):
     """The requested workers can never fit the Ray cluster (Ray itself would retry forever)."""
 
 
+def worker_threads(cfg: ExperimentConfig) -> int:
+    """Threads for a worker that holds ``resources.cpus_per_worker`` CPUs (or ``threads_per_worker``)."""
+    return cfg.resources.threads_per_worker or max(1, int(cfg.resources.cpus_per_worker))
+
+
 # ------------------------------------------------------------------------------------------- the context
-def _scalar(v: Any) -> Any:
-    """Tensors to Python numbers; everything else unchanged (Ray metrics must be plain data)."""
-    if isinstance(v, torch.Tensor):
-        return v.item()
-    return v
-
-
-@dataclass
-class RayTrainContext:
+class RayTrainContext(ContextBase):
     """:class:`csrgan.train.context.TrainContext` over ``ray.train``; built inside a Train worker.
 
-    ``out_dir`` is this run's artefact folder; only rank 0 writes there. When it is a local staging
-    folder for remote storage (``upload_to`` set), rank 0 copies it to storage after every report.
-    Rank 0 also appends each report to ``out_dir/metrics.jsonl`` (the same file a :class:`LocalContext`
-    writes), so a run's history survives on storage next to its checkpoints. After a worker failure
-    the rows continue from the restored checkpoint's step, i.e. steps between that checkpoint and the
-    failure appear twice.
+    Rank 0 appends each report to ``out_dir/metrics.jsonl`` (as a :class:`LocalContext` does), so a
+    run's history lives next to its checkpoints. After a worker failure the rows continue from the
+    restored checkpoint's step, i.e. steps between that checkpoint and the failure appear twice.
     """
 
-    out_dir: Path
-    rank: int
-    world_size: int
-    device: torch.device
-    upload_to: str | None = None
-    _resume_root: Path | None = field(default=None, repr=False)
-    _resume_dir: Path | None = field(default=None, repr=False)
-    _t0: float = field(default_factory=time.time, repr=False)
-    _uploaded: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_ray(cls, out_dir: str | Path, upload_to: str | None = None) -> RayTrainContext:
+    def __init__(self, out_dir: Path, reporter: ReporterFactory | None, threads: int) -> None:
         import ray.train
         import ray.train.torch
 
         tc = ray.train.get_context()
-        device = ray.train.torch.get_device()
-        out = Path(out_dir)
-        if tc.get_world_rank() == 0:
-            out.mkdir(parents=True, exist_ok=True)
-        return cls(
-            out_dir=out,
-            rank=tc.get_world_rank(),
-            world_size=tc.get_world_size(),
-            device=device,
-            upload_to=upload_to,
+        super().__init__(
+            out_dir, tc.get_world_rank(), tc.get_world_size(), ray.train.torch.get_device(), reporter, threads
         )
+        self._resume_root: Path | None = None
+        self._resume_dir: Path | None = None
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Move to this worker's device; wrap in DDP (with :func:`ddp_kwargs`) when ``world_size > 1``."""
@@ -152,16 +127,13 @@ class RayTrainContext:
 
         if checkpoint_dir is not None and self.rank != 0:
             raise RuntimeError(f"rank {self.rank} passed a checkpoint to report(); only rank 0 may")
-        plain = {k: _scalar(v) for k, v in metrics.items()}
-        if self.rank == 0:
-            self._append_metrics(plain, checkpoint_dir)
+        plain = self._observe(metrics)
+        self._log(plain, None if checkpoint_dir is None else Path(checkpoint_dir).name)
         if checkpoint_dir is None:
             ray.train.report(plain)
         else:
             ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir))
             ray.train.report(plain, checkpoint=ckpt, checkpoint_dir_name=Path(checkpoint_dir).name)
-        if self.rank == 0 and self.upload_to is not None:
-            upload_dir(self.out_dir, self.upload_to, self._uploaded)
 
     def latest_checkpoint(self) -> Path | None:
         """The newest persisted checkpoint (``ray.train.get_checkpoint()``) as a local directory, or None.
@@ -186,41 +158,6 @@ class RayTrainContext:
         if self._resume_root is not None:
             shutil.rmtree(self._resume_root, ignore_errors=True)
             self._resume_root = self._resume_dir = None
-
-    def _append_metrics(self, metrics: Mapping[str, Any], checkpoint_dir: Path | None) -> None:
-        row = {k: _jsonable(v) for k, v in metrics.items()}
-        row.setdefault("wall_s", round(time.time() - self._t0, 3))
-        if checkpoint_dir is not None:
-            row["checkpoint"] = Path(checkpoint_dir).name
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-def upload_dir(local: Path, uri: str, seen: dict[str, tuple[int, int]] | None = None) -> None:
-    """Copy the files under ``local`` to ``uri`` (``s3://``, ``gs://``, ``file://`` ...) with pyarrow.
-
-    Hidden entries (``.staging/``, ``.ckpt-*``: the trainers' checkpoint staging, which Ray persists
-    itself) are skipped. With ``seen`` (path -> (mtime_ns, size), updated in place) files unchanged
-    since the last call are not copied again.
-    """
-    import pyarrow.fs
-
-    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
-    for path in sorted(Path(local).rglob("*")):
-        rel = path.relative_to(local)
-        if not path.is_file() or any(part.startswith(".") for part in rel.parts):
-            continue
-        st = path.stat()
-        stamp = (st.st_mtime_ns, st.st_size)
-        if seen is not None:
-            if seen.get(rel.as_posix()) == stamp:
-                continue
-            seen[rel.as_posix()] = stamp
-        dest = f"{root.rstrip('/')}/{rel.as_posix()}"
-        fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
-        with open(path, "rb") as src, fs.open_output_stream(dest) as out:
-            shutil.copyfileobj(src, out)
 
 
 # ------------------------------------------------------------------------------------------- the cluster
@@ -310,125 +247,71 @@ def check_resources(cfg: ExperimentConfig) -> None:
         )
 
 
-# -------------------------------------------------------------------------------------------- the driver
-def _is_uri(path: str | Path) -> bool:
-    return "://" in str(path)
-
-
-def artifact_dir(storage_path: str | Path, name: str) -> str:
-    """Where a run's non-checkpoint artefacts live: ``{storage_path}/{name}/artifacts``."""
-    if _is_uri(storage_path):
-        return f"{str(storage_path).rstrip('/')}/{name}/{ARTIFACTS_DIR}"
-    return str(Path(storage_path).expanduser().resolve() / name / ARTIFACTS_DIR)
-
-
-def run_stage(
+# -------------------------------------------------------------------------------------------- the group
+def run_worker_group(
     stage: str,
     cfg: ExperimentConfig,
-    storage_path: str | Path,
-    name: str,
-    extra: Mapping[str, Any] | None = None,
+    out_dir: Path,
+    inputs: Mapping[str, Path],
+    reporter: ReporterFactory | None = None,
     *,
     max_failures: int = 2,
     callbacks: Sequence[Any] = (),
     address: str | None = None,
     num_cpus: int | None = None,
-    record: Mapping[str, Any] | None = None,
-) -> RunResult:
-    """Run ``stage`` (``"cyclegan"``, ``"pretrain"``, ``"gan"``) on ``resources.workers`` Ray Train workers.
+) -> tuple[dict[str, Any], str | None]:
+    """Run ``stage`` on ``resources.workers`` Ray Train workers; returns (rank 0's last report, the
+    newest checkpoint's path).
 
-    ``extra`` holds the stage inputs passed to :func:`csrgan.train.run.call_stage` (``init_from``: a
-    pre-training checkpoint for ``"gan"``; ``cyclegan_g``: a CycleGAN checkpoint when
-    ``sr.mix_prob > 0``); paths must be visible to every worker. The same ``(storage_path, name)``
-    resumes a previous run from its newest checkpoint. ``callbacks`` go to the Train ``RunConfig``
-    (a Tune trial passes ``TuneReportCallback()``); ``record`` makes rank 0 write the trial's Parquet
-    rows (see ``csrgan.sweep.trial.recording_context``). Ray is started with :func:`ensure_ray` if needed.
-    Raises :class:`RayResourceError` before starting when the workers cannot fit, and Ray's
+    ``inputs`` must be visible to every worker. ``callbacks`` go to the Train ``RunConfig`` (inside a
+    Tune trial: ``TuneReportCallback()``). Ray is started with :func:`ensure_ray` if needed. Raises
+    :class:`RayResourceError` before starting when the workers cannot fit, and Ray's
     ``TrainingFailedError`` when the workers failed more than ``max_failures`` times.
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from csrgan.data.layout import resolve_data
-
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
     ensure_ray(address, num_cpus)
-    cfg = resolve_data(cfg)
     check_resources(cfg)
-    storage = str(storage_path) if _is_uri(storage_path) else str(Path(storage_path).expanduser().resolve())
-    if not _is_uri(storage):
-        Path(storage).mkdir(parents=True, exist_ok=True)
     r = cfg.resources
     use_gpu = r.gpus_per_worker > 0
-    resources: dict[str, float] = {"CPU": r.cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = r.gpus_per_worker
+    resources: dict[str, float] = {
+        "CPU": r.cpus_per_worker,
+        **({"GPU": r.gpus_per_worker} if use_gpu else {}),
+    }
     trainer = TorchTrainer(
         train_loop_per_worker=_worker_entry,
         train_loop_config={
             "stage": stage,
             "cfg": cfg.model_dump(mode="json"),
-            "extra": _jsonable_extra(extra or {}),
-            "artifacts": artifact_dir(storage, name),
-            "record": dict(record) if record else None,
+            "inputs": {k: str(v) for k, v in inputs.items()},
+            "out_dir": str(out_dir),
+            "reporter": reporter,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=storage,
+            name=CHECKPOINTS_DIR,
+            storage_path=str(out_dir),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
         ),
     )
     result = trainer.fit()
-    run_dir = str(result.path)
-    artifacts = artifact_dir(storage, name)
-    return RunResult(
-        stage=stage,
-        name=name,
-        run_dir=run_dir,
-        artifacts=artifacts,
-        checkpoint=None if result.checkpoint is None else str(result.checkpoint.path),
-        metrics=dict(result.metrics or {}),
-        final=None if _is_uri(artifacts) else final_of(Path(artifacts).parent),
-    )
-
-
-def _jsonable_extra(extra: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in extra.items():
-        if isinstance(v, Path):
-            v = str(v.expanduser().resolve())
-        if not isinstance(v, str | int | float | bool | type(None)):
-            raise TypeError(f"run_stage extra[{k!r}]: expected a path or plain value, got {type(v).__name__}")
-        out[k] = v
-    return out
+    return dict(result.metrics or {}), None if result.checkpoint is None else str(result.checkpoint.path)
 
 
 def _worker_entry(config: dict[str, Any]) -> None:
-    """``train_loop_per_worker``: rebuild the config, make the context, run the stage's trainer."""
-    from csrgan.train.run import call_stage
+    """``train_loop_per_worker``: rebuild the config, make the context, run the stage's loop."""
+    from csrgan.train.stages import get_stage
 
     cfg = validate_config(config["cfg"], source=f"train_loop_config[{config['stage']}]")
-    threads = cfg.resources.threads_per_worker or max(1, int(cfg.resources.cpus_per_worker))
-    torch.set_num_threads(threads)
-    artifacts = config["artifacts"]
-    if _is_uri(artifacts):
-        staging = Path(tempfile.mkdtemp(prefix="csrgan-artifacts-"))
-        ctx = RayTrainContext.from_ray(staging, upload_to=artifacts)
-    else:
-        ctx = RayTrainContext.from_ray(artifacts)
-    run_ctx: Any = ctx
-    if config.get("record"):  # a sweep trial: rank 0 records Parquet rows (csrgan.sweep.trial)
-        from csrgan.sweep.trial import recording_context
-
-        run_ctx = recording_context(ctx, cfg, config["record"])
+    ctx = RayTrainContext(Path(config["out_dir"]), config["reporter"], worker_threads(cfg))
     try:
-        call_stage(config["stage"], cfg, run_ctx, config["extra"])
+        inputs = {k: Path(v) for k, v in config["inputs"].items()}
+        get_stage(config["stage"]).loop(cfg, ctx, inputs)
     finally:
         ctx.close()

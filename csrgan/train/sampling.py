@@ -99,6 +99,11 @@ class IterationSampler:
         """The epoch of each item of :meth:`batch_indices` (pass to :func:`make_batch`)."""
         return [e for e, _ in self.batch(step)]
 
+    def read(self, dataset: _IndexedDataset, step: int) -> dict[str, torch.Tensor]:
+        """This rank's batch at ``step`` from ``dataset`` (:func:`make_batch` of :meth:`batch`)."""
+        items = self.batch(step)
+        return make_batch(dataset, [i for _, i in items], [e for e, _ in items])
+
     def epoch_at(self, step: int) -> float:
         """Fractional epochs completed (over all ranks) before ``step``: a monotonic progress counter."""
         return step * self.global_batch / self.dataset_len

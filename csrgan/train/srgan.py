@@ -1,12 +1,16 @@
-"""The SR trainer (CSR-GAN stage 2): SRResNet pre-training and SRGAN, as one per-worker loop function.
+"""The SR trainer (CSR-GAN stage 2): SRResNet pre-training and SRGAN, on the shared loop skeleton.
 
 :func:`train_sr` runs one phase of Ledig et al. 2017 on the trainer's context (Ray Train worker, or a
-single process with :class:`csrgan.train.context.LocalContext`):
+single process with :class:`csrgan.train.context.LocalContext`); :class:`csrgan.train.loop.TrainLoop`
+owns cadence, checkpoints, resume, divergence and DDP bookkeeping, so this module holds only SR:
 
 * ``"pretrain"`` (stage A, "SRResNet"): generator only, pixel loss (``sr.pretrain.loss``), Adam.
 * ``"gan"`` (stage B, "SRGAN"): generator (from ``init_from``, the pretrain artefact) + discriminator;
   ``L_G = content.weight * content + adv_weight * adversarial + pixel_weight * MSE`` and the
-  discriminator's ``-log D(HR) - log(1 - D(SR))`` (or LSGAN), Adam with ``sr.gan.lr``.
+  discriminator's ``-log D(HR) - log(1 - D(SR))`` (``sr.gan.gan_mode``), Adam with ``sr.gan.lr``.
+
+Networks and losses are built by name (``sr.generator``, ``sr.discriminator``, ``sr.pretrain.loss``,
+``sr.gan.content``; :mod:`csrgan.registry`).
 
 Training LR (both phases): the dataset's LR patch of the HR patch (MATLAB bicubic, or ``data.train_lr``),
 replaced per sample with probability ``sr.mix_prob`` (the report's *p*) by the frozen CycleGAN
@@ -15,169 +19,52 @@ replaced per sample with probability ``sr.mix_prob`` (the report's *p*) by the f
 Batches: ``sr.batch_size`` is **per worker** (Ray Train convention; the global batch is
 ``batch_size * workers``). Learning rates are constant (the config has no schedule).
 
-Determinism and exact resume. A checkpoint (``state.pt``, loaded with ``weights_only=True``) holds the
-models, both optimisers, the step, and *per rank* the global RNG states and the :class:`LRSource`
-generator state (gathered to rank 0 with ``all_gather_object`` under DDP). The data position is the
-step itself: :class:`csrgan.train.sampling.IterationSampler` makes every batch a pure function of
-``(seed, step, rank)``. Networks (and an explicitly random VGG) are built right after
-``torch.manual_seed(seed)``, identically on every rank and in every process, before a checkpoint is
-restored. No GradScaler exists because AMP here is bf16, whose exponent range is fp32's.
+Determinism and exact resume: networks (and an explicitly random VGG) are built right after the
+construction seed, identically on every rank; the data position is the step
+(:class:`csrgan.train.sampling.IterationSampler`); each rank's :class:`LRSource` generator state is
+checkpointed with its RNGs. No GradScaler exists because AMP here is bf16, whose exponent range is fp32's.
 
 Under DDP (``ctx.prepare_model``) parameters stay identical on all ranks; BatchNorm running statistics
 are per rank when the context disables buffer broadcasting (csrgan's Ray context does), and rank 0's
-are the ones checkpointed and used for evaluation. Reported training losses are rank 0's.
-
-Events: after step ``s`` an evaluation runs when ``s % eval_every == 0`` and a checkpoint is written when
-``s % checkpoint_every == 0``; the last step does both, and its checkpoint is the final artefact
-``out_dir/final/`` (full state + ``generator.pt`` + ``generator.json``). Each event is ONE
-``ctx.report`` on every rank (a barrier under Ray Train); only rank 0 evaluates and writes.
+are the ones checkpointed and used for evaluation.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import random
-import shutil
-import time
-import warnings
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from csrgan.config import ExperimentConfig
-from csrgan.models.srgan import SRGANDiscriminator, SRResNet
-from csrgan.train.checkpoint import capture_rng, load_state, restore_rng, save_state, step_dir_name
+from csrgan.data.datasets import PairedPatchDataset
+from csrgan.models.artifacts import GeneratorSpec, build_generator, load_generator, read_generator
+from csrgan.registry import GAN_LOSSES, LOSSES, SR_DISCRIMINATORS
 from csrgan.train.context import TrainContext, unwrap
-from csrgan.train.sampling import IterationSampler, make_batch
+from csrgan.train.keys import gan_key, pretrain_key
+from csrgan.train.loop import TrainLoop, derive_seed, evaluating, run_loop
+from csrgan.train.sampling import IterationSampler
 
-__all__ = [
-    "FORMAT",
-    "GENERATOR_CONFIG_FILE",
-    "GENERATOR_FILE",
-    "LRSource",
-    "SRStep",
-    "build_sr_generator",
-    "derive_seed",
-    "generator_config",
-    "load_sr_generator",
-    "receptive_radius",
-    "save_sr_generator",
-    "train_sr",
-]
+__all__ = ["LRSource", "SRLoop", "SRStep", "generator_spec", "train_sr"]
 
 log = logging.getLogger(__name__)
 
 Phase = Literal["pretrain", "gan"]
 PHASES: tuple[str, ...] = ("pretrain", "gan")
-FORMAT = "csrgan-sr-v1"
-GENERATOR_FILE = "generator.pt"
-GENERATOR_CONFIG_FILE = "generator.json"
-FINAL_DIR = "final"
 
-# Stream tags for derive_seed: independent random streams per purpose.
+# Stream tag for derive_seed: the LR-source draws of each rank.
 _TAG_LR_SOURCE = 0x4C52  # "LR"
-_TAG_GLOBAL = 0x474C  # "GL"
 
 
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (e.g. ``(seed, rank, tag)``) via numpy's SeedSequence hashing."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
-
-
-# ------------------------------------------------------------------------------------------ generator
-def generator_config(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The SRResNet constructor arguments for ``cfg`` (written as ``generator.json``)."""
-    m = cfg.sr.model
-    return {
-        "arch": "SRResNet",
-        "in_ch": 3,
-        "channels": m.channels,
-        "n_blocks": m.n_blocks,
-        "scale": cfg.data.scale,
-        "global_bicubic_skip": m.global_bicubic_skip,
-    }
-
-
-def receptive_radius(model_cfg: Mapping[str, Any]) -> int:
-    """Receptive-field radius (LR px) of an SRResNet: the ``overlap`` that makes tiling exact.
-
-    9x9 head (4) + two 3x3 per residual block (2 each) + 3x3 body tail (1) + one 3x3 up-conv per x2
-    octave, the k-th at scale 2**k (2**-k LR px) + 9x9 tail at the output scale (4/scale). The optional
-    bicubic skip (radius 2) is smaller. Paper size (16 blocks, x4): 39.5 -> 40.
-    """
-    scale = int(model_cfg["scale"])
-    octaves = scale.bit_length() - 1
-    radius = 4 + 2 * int(model_cfg["n_blocks"]) + 1 + sum(2.0**-k for k in range(octaves)) + 4 / scale
-    return math.ceil(max(radius, 2.0))
-
-
-def build_sr_generator(model_cfg: Mapping[str, Any]) -> SRResNet:
-    """An :class:`SRResNet` from a :func:`generator_config` dict."""
-    if model_cfg.get("arch") != "SRResNet":
-        raise ValueError(f"generator config: arch must be 'SRResNet', got {model_cfg.get('arch')!r}")
-    kwargs = {k: v for k, v in model_cfg.items() if k != "arch"}
-    try:
-        return SRResNet(**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"generator config {dict(model_cfg)} does not fit SRResNet: {exc}") from None
-
-
-def save_sr_generator(directory: Path, generator: nn.Module, model_cfg: Mapping[str, Any]) -> Path:
-    """Write ``generator.pt`` (state dict) and ``generator.json`` (model config) into ``directory``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (GENERATOR_FILE + ".tmp")
-    torch.save({k: v.detach().cpu() for k, v in unwrap(generator).state_dict().items()}, tmp)
-    tmp.replace(directory / GENERATOR_FILE)
-    (directory / GENERATOR_CONFIG_FILE).write_text(
-        json.dumps(dict(model_cfg), indent=2) + "\n", encoding="utf-8"
-    )
-    return directory
-
-
-def _read_generator(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(state dict, model config) from a ``final/`` artefact or a checkpoint directory."""
-    path = Path(path)
-    if path.is_file():
-        path = path.parent
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"SR generator: {path} is not a directory (expected final/ or step_XXXXXXXX/)"
-        )
-    weights, config_file, state_file = path / GENERATOR_FILE, path / GENERATOR_CONFIG_FILE, path / "state.pt"
-    if weights.is_file() and config_file.is_file():
-        try:
-            model_cfg = json.loads(config_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{config_file}: not valid JSON: {exc}") from None
-        return torch.load(weights, map_location="cpu", weights_only=True), model_cfg
-    if state_file.is_file():
-        state = load_state(path)
-        if state.get("format") != FORMAT or "generator" not in state:
-            raise ValueError(f"{state_file}: not a csrgan SR checkpoint (format {state.get('format')!r})")
-        return state["generator"], dict(state["model_config"])
-    raise FileNotFoundError(
-        f"SR generator: {path} has neither {GENERATOR_FILE} + {GENERATOR_CONFIG_FILE} nor state.pt"
-    )
-
-
-def load_sr_generator(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The SR generator of a ``final/`` artefact or a checkpoint dir: eval mode, frozen, on ``device``."""
-    state, model_cfg = _read_generator(Path(path))
-    model = build_sr_generator(model_cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not match the model config {model_cfg}: {exc}") from None
-    return model.to(device).eval().requires_grad_(False)
+def generator_spec(cfg: ExperimentConfig, **meta: Any) -> GeneratorSpec:
+    """The spec of this experiment's SR generator (``sr.generator`` at ``data.scale``)."""
+    g = cfg.sr.generator
+    return GeneratorSpec("sr", g.type, g.kwargs(), cfg.data.scale, dict(meta))
 
 
 # ---------------------------------------------------------------------------------------- LR source
@@ -339,47 +226,178 @@ class SRStep:
         }
 
 
-# ---------------------------------------------------------------------------------------- helpers
-def _gather(ctx: TrainContext, obj: Any) -> list[Any]:
-    """``obj`` of every rank, on every rank (a collective under DDP; all ranks must call it)."""
-    if ctx.world_size == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError(f"world_size={ctx.world_size} but torch.distributed is not initialised")
-    out: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(out, obj)
-    return out
+# ------------------------------------------------------------------------------------------ the loop
+def _weights_provenance(content_loss: nn.Module | None, lpips: Any, want_lpips: bool) -> str:
+    parts = []
+    if content_loss is not None and hasattr(content_loss, "provenance"):
+        parts.append(str(content_loss.provenance))
+    if lpips is not None:
+        parts.append(str(lpips.provenance))
+    elif want_lpips:
+        parts.append("lpips:none (weights missing, eval.lpips.optional)")
+    return ";".join(parts) if parts else "none"
 
 
-def _any_rank(ctx: TrainContext, flag: bool) -> bool:
-    """True on every rank if ``flag`` is True on any rank (so all ranks stop at the same step)."""
-    if ctx.world_size == 1:
-        return flag
-    import torch.distributed as dist
-
-    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-def _amp_dtype(cfg: ExperimentConfig, device: torch.device) -> torch.dtype | None:
-    if not cfg.resources.amp:
-        return None
-    if device.type != "cuda":
-        warnings.warn(
-            f"resources.amp is set but the trainer runs on {device.type}: bf16 autocast is GPU-only here, "
-            "training in float32",
-            stacklevel=3,
+def _check_phase(cfg: ExperimentConfig, phase: str, cyclegan_g: Path | None) -> None:
+    if phase not in PHASES:
+        raise ValueError(f"train_sr: phase must be one of {PHASES}, got {phase!r}")
+    p = cfg.sr.mix_prob
+    if p > 0 and cyclegan_g is None:
+        raise ValueError(f"sr.mix_prob is {p} > 0: the CycleGAN generator (cyclegan_g) is required")
+    if p == 0 and cyclegan_g is not None:
+        raise ValueError(f"sr.mix_prob is 0 (plain SRGAN) but a CycleGAN generator was given: {cyclegan_g}")
+    if phase == "gan" and cfg.sr.patch_size % 16:
+        raise ValueError(
+            f"sr.patch_size ({cfg.sr.patch_size}) must be a multiple of 16 for the gan phase: the SRGAN "
+            "discriminator has 4 stride-2 convs"
         )
-        return None
-    return torch.bfloat16
 
 
-def _build_dataset(cfg: ExperimentConfig) -> Any:
-    from csrgan.data.datasets import PairedPatchDataset
+class SRLoop(TrainLoop):
+    """One SR phase as a :class:`TrainLoop`. ``nets``: ``G`` (exported), and ``D`` in the gan phase."""
 
+    exported = "G"
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        ctx: TrainContext,
+        phase: Phase,
+        init_from: Path | None = None,
+        cyclegan_g: Path | None = None,
+    ) -> None:
+        _check_phase(cfg, phase, cyclegan_g)
+        pretrain = phase == "pretrain"
+        super().__init__(
+            cfg,
+            ctx,
+            stage=phase,
+            key=pretrain_key(cfg) if pretrain else gan_key(cfg),
+            seed=cfg.seed,
+            iters=cfg.sr.pretrain.iters if pretrain else cfg.sr.gan.iters,
+            eval_every=cfg.sr.eval_every,
+            checkpoint_every=cfg.sr.checkpoint_every,
+        )
+        # Construction order is part of the seed contract: G, then D and the content loss.
+        self.nets["G"] = self.prepare(self._generator(init_from))
+        self.content_loss: nn.Module | None = None
+        self.step_fn = self._pretrain_step() if pretrain else self._gan_step()
+        g_fn = None
+        if cfg.sr.mix_prob > 0:
+            assert cyclegan_g is not None
+            # the scale must match: a G trained on x2 LR does not make x4 LR real-like
+            g_fn = load_generator(cyclegan_g, "degradation", self.device, scale=cfg.data.scale)
+        self.lr_source = LRSource(cfg.sr.mix_prob, g_fn, cfg.seed, ctx.rank)
+        self.dataset = _build_dataset(cfg)
+        self.sampler = IterationSampler(
+            len(self.dataset), cfg.sr.batch_size, cfg.seed, ctx.rank, ctx.world_size
+        )
+        self.lpips: Any = None
+        if ctx.rank == 0 and cfg.data.test_sets:
+            from csrgan.evaluation import build_lpips
+
+            self.lpips = build_lpips(cfg.eval, self.device)
+        self._n_g = self._n_samples = 0
+
+    def _generator(self, init_from: Path | None) -> nn.Module:
+        spec = self.generator_spec()
+        g = build_generator(spec)
+        if init_from is not None:
+            state, init_spec = read_generator(init_from)
+            if (init_spec.role, init_spec.type, init_spec.args, init_spec.scale) != (
+                spec.role,
+                spec.type,
+                spec.args,
+                spec.scale,
+            ):
+                raise ValueError(f"init_from {init_from}: its generator {init_spec} is not this run's {spec}")
+            g.load_state_dict(state, strict=True)
+        return g
+
+    def _pretrain_step(self) -> SRStep:
+        p = self.cfg.sr.pretrain
+        self.optimizers["G"] = torch.optim.Adam(self.nets["G"].parameters(), lr=p.lr, betas=(0.9, 0.999))
+        pixel = LOSSES.build_with(p.loss, {}, self._loss_context())
+        return SRStep(
+            "pretrain", self.nets["G"], self.optimizers["G"], pixel, amp_dtype=self.amp_dtype,
+            channels_last=self.cfg.resources.channels_last,
+        )  # fmt: skip
+
+    def _gan_step(self) -> SRStep:
+        cfg, g = self.cfg, self.cfg.sr.gan
+        d = cfg.sr.discriminator
+        self.nets["D"] = self.prepare(
+            SR_DISCRIMINATORS.build(d.type, **d.kwargs(), in_ch=3, patch_size=cfg.sr.patch_size)
+        )
+        content = LOSSES.build_with(g.content.type, g.content.kwargs(), self._loss_context()).to(self.device)
+        if hasattr(content, "provenance"):
+            self.content_loss = content
+        self.optimizers["G"] = torch.optim.Adam(self.nets["G"].parameters(), lr=g.lr, betas=(0.9, 0.999))
+        self.optimizers["D"] = torch.optim.Adam(self.nets["D"].parameters(), lr=g.lr, betas=(0.9, 0.999))
+        return SRStep(
+            "gan", self.nets["G"], self.optimizers["G"], F.mse_loss, discriminator=self.nets["D"],
+            opt_d=self.optimizers["D"], content_loss=content, gan_loss=GAN_LOSSES.build(g.gan_mode),
+            content_weight=g.content.weight, adv_weight=g.adv_weight, pixel_weight=g.pixel_weight,
+            amp_dtype=self.amp_dtype, channels_last=cfg.resources.channels_last,
+        )  # fmt: skip
+
+    def _loss_context(self) -> dict[str, Any]:
+        """What csrgan injects into losses: where the pretrained backbones are (never a silent download)."""
+        w = self.cfg.weights
+        return {"weights_source": w.vgg19, "random_init": w.random_vgg}
+
+    # ----------------------------------------------------------------------------------- the step
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        batch = self.sampler.read(self.dataset, step)
+        hr = batch["hr"].to(self.device, non_blocking=True)
+        lr, mask = self.lr_source(batch["lr"].to(self.device, non_blocking=True))
+        self._n_g += int(mask.sum())
+        self._n_samples += mask.numel()
+        return self.step_fn(lr, hr)
+
+    # ------------------------------------------------------------------------------ skeleton hooks
+    def generator_spec(self) -> GeneratorSpec:
+        return generator_spec(self.cfg, stage=self.stage, key=self.key, step=self.step, seed=self.cfg.seed)
+
+    def epoch_at(self, step: int) -> float:
+        return self.sampler.epoch_at(step)
+
+    def provenance(self) -> str:
+        want = "lpips" in self.cfg.eval.metrics and bool(self.cfg.data.test_sets)
+        return _weights_provenance(self.content_loss, self.lpips, want)
+
+    def window_metrics(self) -> dict[str, Any]:
+        out = {"mix/g_fraction": self._n_g / self._n_samples} if self._n_samples else {}
+        self._n_g = self._n_samples = 0
+        return out
+
+    def rank_state(self) -> dict[str, Any]:
+        return {"lr_source": self.lr_source.state_dict()}
+
+    def load_rank_state(self, state: Mapping[str, Any]) -> None:
+        self.lr_source.load_state_dict(state["lr_source"])
+
+    def evaluate(self) -> dict[str, float]:
+        from csrgan.evaluation import evaluate_sr_model
+
+        if not self.cfg.data.test_sets:
+            return {}
+        with evaluating(self.nets["G"]) as g:
+            return evaluate_sr_model(
+                g,
+                self.cfg.data.test_sets,
+                self.cfg.data.scale,
+                self.cfg.eval.metrics,
+                self.lpips,
+                self.device,
+                tile=self.cfg.eval.tile,
+                grid_dir=self.ctx.out_dir / "grids" / self.stage,
+                step=self.step,
+                grid_images=self.cfg.eval.grid_images,
+            )
+
+
+def _build_dataset(cfg: ExperimentConfig) -> PairedPatchDataset:
     d = cfg.data
     if d.train_hr is None:
         raise ValueError("data.train_hr is not set (resolve the config with csrgan.data.layout.resolve_data)")
@@ -394,22 +412,6 @@ def _build_dataset(cfg: ExperimentConfig) -> Any:
     )
 
 
-def _weights_provenance(content_loss: nn.Module | None, lpips: Any, want_lpips: bool) -> str:
-    parts = []
-    if content_loss is not None and hasattr(content_loss, "provenance"):
-        parts.append(str(content_loss.provenance))
-    if lpips is not None:
-        parts.append(str(lpips.provenance))
-    elif want_lpips:
-        parts.append("lpips:none (weights missing, eval.lpips.optional)")
-    return ";".join(parts) if parts else "none"
-
-
-def _pixel_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    return {"mse": F.mse_loss, "l1": F.l1_loss}[name]
-
-
-# -------------------------------------------------------------------------------------------- trainer
 def train_sr(
     cfg: ExperimentConfig,
     ctx: TrainContext,
@@ -425,303 +427,7 @@ def train_sr(
     artefact and returns ``{"skipped": 1, ...}``. A non-finite loss ends the run with one report
     ``{"diverged": 1, ...}`` on every rank (no checkpoint, no exception).
     """
-    if phase not in PHASES:
-        raise ValueError(f"train_sr: phase must be one of {PHASES}, got {phase!r}")
-    mix_prob = cfg.sr.mix_prob
-    if mix_prob > 0 and cyclegan_g is None:
-        raise ValueError(f"sr.mix_prob is {mix_prob} > 0: the CycleGAN generator (cyclegan_g) is required")
-    if mix_prob == 0 and cyclegan_g is not None:
-        raise ValueError(f"sr.mix_prob is 0 (plain SRGAN) but a CycleGAN generator was given: {cyclegan_g}")
-    iters = cfg.sr.pretrain.iters if phase == "pretrain" else cfg.sr.gan.iters
-    if iters == 0:
+    _check_phase(cfg, phase, cyclegan_g)
+    if (cfg.sr.pretrain.iters if phase == "pretrain" else cfg.sr.gan.iters) == 0:
         return {"skipped": 1, "phase": phase, "step": 0}
-    if phase == "gan" and cfg.sr.patch_size % 16:
-        raise ValueError(
-            f"sr.patch_size ({cfg.sr.patch_size}) must be a multiple of 16 for the gan phase: the SRGAN "
-            "discriminator has 4 stride-2 convs"
-        )
-    threads_before = torch.get_num_threads()
-    if cfg.resources.threads_per_worker is not None:
-        torch.set_num_threads(cfg.resources.threads_per_worker)
-    try:
-        return _SRRun(cfg, ctx, phase, iters, init_from, cyclegan_g).run()
-    finally:
-        torch.set_num_threads(threads_before)
-
-
-class _SRRun:
-    """State of one :func:`train_sr` call (kept in an object so the loop reads as a loop)."""
-
-    def __init__(
-        self,
-        cfg: ExperimentConfig,
-        ctx: TrainContext,
-        phase: Phase,
-        iters: int,
-        init_from: Path | None,
-        cyclegan_g: Path | None,
-    ) -> None:
-        self.cfg, self.ctx, self.phase, self.iters = cfg, ctx, phase, iters
-        device = torch.device(ctx.device)
-        self.device = device
-        self.amp_dtype = _amp_dtype(cfg, device)
-        channels_last = cfg.resources.channels_last
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-        # Everything random at construction comes from the config seed, identically on every rank.
-        torch.manual_seed(cfg.seed)
-        self.model_cfg = generator_config(cfg)
-        g_plain = build_sr_generator(self.model_cfg)
-        if init_from is not None:
-            state, init_cfg = _read_generator(Path(init_from))
-            if init_cfg != self.model_cfg:
-                raise ValueError(
-                    f"init_from {init_from}: generator config {init_cfg} != this run's {self.model_cfg}"
-                )
-            g_plain.load_state_dict(state, strict=True)
-        self.G = ctx.prepare_model(g_plain.to(memory_format=memory_format))
-        self.D: nn.Module | None = None
-        self.opt_d: torch.optim.Optimizer | None = None
-        self.content_loss: nn.Module | None = None
-        if phase == "pretrain":
-            p = cfg.sr.pretrain
-            self.opt_g: torch.optim.Optimizer = torch.optim.Adam(
-                self.G.parameters(), lr=p.lr, betas=(0.9, 0.999)
-            )
-            self.step_fn = SRStep(
-                "pretrain",
-                self.G,
-                self.opt_g,
-                _pixel_loss(p.loss),
-                amp_dtype=self.amp_dtype,
-                channels_last=channels_last,
-            )
-        else:
-            from csrgan.losses import GANLoss, VGGContentLoss
-
-            g = cfg.sr.gan
-            d_plain = SRGANDiscriminator(3, cfg.sr.model.d_channels, patch_size=cfg.sr.patch_size)
-            self.D = ctx.prepare_model(d_plain.to(memory_format=memory_format))
-            if g.content.type == "vgg":
-                content: nn.Module = VGGContentLoss(
-                    layer=g.content.layer,
-                    weights_source=cfg.weights.vgg19,
-                    random_init=cfg.weights.random_vgg,
-                    criterion="mse",
-                    feature_scale=g.content.feature_scale,
-                ).to(device)
-                self.content_loss = content
-            else:
-                content = nn.MSELoss() if g.content.type == "mse" else nn.L1Loss()
-            self.opt_g = torch.optim.Adam(self.G.parameters(), lr=g.lr, betas=(0.9, 0.999))
-            self.opt_d = torch.optim.Adam(self.D.parameters(), lr=g.lr, betas=(0.9, 0.999))
-            self.step_fn = SRStep(
-                "gan",
-                self.G,
-                self.opt_g,
-                F.mse_loss,
-                discriminator=self.D,
-                opt_d=self.opt_d,
-                content_loss=content,
-                gan_loss=GANLoss(g.gan_mode),
-                content_weight=g.content.weight,
-                adv_weight=g.adv_weight,
-                pixel_weight=g.pixel_weight,
-                amp_dtype=self.amp_dtype,
-                channels_last=channels_last,
-            )
-
-        g_fn = None
-        if cfg.sr.mix_prob > 0:
-            from csrgan.train.cyclegan import load_generator
-
-            # scale: a G trained on x2 LR does not make x4 LR real-like (load_generator checks it)
-            g_fn = load_generator(Path(cyclegan_g), device, scale=cfg.data.scale)  # type: ignore[arg-type]
-        self.lr_source = LRSource(cfg.sr.mix_prob, g_fn, cfg.seed, ctx.rank)
-
-        self.dataset = _build_dataset(cfg)
-        self.sampler = IterationSampler(
-            len(self.dataset), cfg.sr.batch_size, cfg.seed, ctx.rank, ctx.world_size
-        )
-
-        self.lpips: Any = None
-        want_lpips = "lpips" in cfg.eval.metrics
-        if ctx.rank == 0 and cfg.data.test_sets:
-            from csrgan.train.evaluation import build_lpips
-
-            self.lpips = build_lpips(cfg.eval, device)
-        from csrgan.metrics import PROTOCOL
-
-        self.constant_metrics: dict[str, Any] = {
-            "phase": phase,
-            "protocol": PROTOCOL.id,
-            "weights": _weights_provenance(
-                self.content_loss, self.lpips, want_lpips and bool(cfg.data.test_sets)
-            ),
-        }
-        self.step = 0
-        self.last_metrics: dict[str, Any] = {}
-        # Per-rank randomness used during training (none of the built-in code draws from it, but user
-        # losses / future augmentations might): seeded per rank, captured in checkpoints.
-        torch.manual_seed(derive_seed(cfg.seed, ctx.rank, _TAG_GLOBAL))
-        np.random.seed(derive_seed(cfg.seed, ctx.rank, _TAG_GLOBAL) % 2**32)
-        random.seed(derive_seed(cfg.seed, ctx.rank, _TAG_GLOBAL))
-
-    # ---------------------------------------------------------------------------------- checkpoint
-    def _state(self) -> dict[str, Any]:
-        per_rank = {"rng": capture_rng(), "lr_source": self.lr_source.state_dict()}
-        ranks = _gather(self.ctx, per_rank)
-        state: dict[str, Any] = {
-            "format": FORMAT,
-            "phase": self.phase,
-            "step": self.step,
-            "world_size": self.ctx.world_size,
-            "model_config": self.model_cfg,
-            "generator": unwrap(self.G).state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "ranks": ranks,
-            "metrics": dict(self.last_metrics),
-        }
-        if self.D is not None and self.opt_d is not None:
-            state["discriminator"] = unwrap(self.D).state_dict()
-            state["opt_d"] = self.opt_d.state_dict()
-        return state
-
-    def _restore(self, directory: Path) -> None:
-        state = load_state(directory, map_location="cpu")
-        where = Path(directory) / "state.pt"
-        if state.get("format") != FORMAT:
-            raise ValueError(f"{where}: not a csrgan SR checkpoint (format {state.get('format')!r})")
-        if state["phase"] != self.phase:
-            raise ValueError(f"{where}: checkpoint of phase {state['phase']!r}, this run is {self.phase!r}")
-        if state["world_size"] != self.ctx.world_size:
-            raise ValueError(
-                f"{where}: written by {state['world_size']} workers, this run has {self.ctx.world_size}; "
-                "the data shards differ, so it cannot continue exactly"
-            )
-        if dict(state["model_config"]) != self.model_cfg:
-            raise ValueError(
-                f"{where}: generator config {state['model_config']} != this run's {self.model_cfg}"
-            )
-        unwrap(self.G).load_state_dict(state["generator"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        if self.D is not None and self.opt_d is not None:
-            unwrap(self.D).load_state_dict(state["discriminator"])
-            self.opt_d.load_state_dict(state["opt_d"])
-        mine = state["ranks"][self.ctx.rank]
-        restore_rng(mine["rng"])
-        self.lr_source.load_state_dict(mine["lr_source"])
-        self.step = int(state["step"])
-        self.last_metrics = dict(state["metrics"])
-        log.info("resumed %s phase from %s at step %d", self.phase, directory, self.step)
-
-    def _write_checkpoint(self, final: bool) -> Path | None:
-        state = self._state()  # collective: every rank
-        if self.ctx.rank != 0:
-            return None
-        if final:
-            directory = self.ctx.out_dir / FINAL_DIR
-            save_state(directory, state)
-            save_sr_generator(directory, self.G, self.model_cfg)
-        else:
-            directory = self.ctx.out_dir / ".staging" / step_dir_name(self.step)
-            save_state(directory, state)
-        return directory
-
-    # ---------------------------------------------------------------------------------- evaluation
-    def _evaluate(self) -> dict[str, float]:
-        from csrgan.train.evaluation import evaluate_sr_model
-
-        if self.ctx.rank != 0 or not self.cfg.data.test_sets:
-            return {}
-        g = unwrap(self.G)
-        was_training = g.training
-        g.eval()
-        try:
-            return evaluate_sr_model(
-                g,
-                self.cfg.data.test_sets,
-                self.cfg.data.scale,
-                self.cfg.eval.metrics,
-                self.lpips,
-                self.device,
-                tile=self.cfg.eval.tile,
-                grid_dir=self.ctx.out_dir / "grids" / self.phase,
-                step=self.step,
-                grid_images=self.cfg.eval.grid_images,
-                overlap=receptive_radius(self.model_cfg),
-            )
-        finally:
-            g.train(was_training)
-
-    # -------------------------------------------------------------------------------------- loop
-    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        batch = make_batch(self.dataset, self.sampler.batch_indices(step), self.sampler.batch_epochs(step))
-        hr = batch["hr"].to(self.device, non_blocking=True)
-        lr_bic = batch["lr"].to(self.device, non_blocking=True)
-        lr, mask = self.lr_source(lr_bic)
-        return lr, hr, mask
-
-    def run(self) -> dict[str, Any]:
-        cfg, ctx = self.cfg, self.ctx
-        latest = ctx.latest_checkpoint()
-        if latest is not None:
-            self._restore(Path(latest))
-        every_eval = cfg.sr.eval_every
-        every_ckpt = cfg.sr.checkpoint_every
-        sums: dict[str, torch.Tensor] = {}
-        n_steps, n_g, n_samples = 0, 0, 0
-        t0 = time.perf_counter()
-        while self.step < self.iters:
-            step = self.step  # 0-based index of the batch being trained on
-            lr, hr, mask = self._batch(step)
-            losses = self.step_fn(lr, hr)
-            self.step = step + 1
-            for k, v in losses.items():
-                sums[k] = sums[k] + v if k in sums else v.clone()
-            n_steps += 1
-            n_g += int(mask.sum())
-            n_samples += mask.numel()
-            finite = bool(torch.isfinite(torch.stack(list(losses.values()))).all())  # one host sync
-            if _any_rank(ctx, not finite):
-                return self._diverged(losses)
-            is_last = self.step == self.iters
-            do_eval = is_last or self.step % every_eval == 0
-            do_ckpt = is_last or self.step % every_ckpt == 0
-            if not (do_eval or do_ckpt):
-                continue
-            elapsed = time.perf_counter() - t0
-            metrics: dict[str, Any] = {
-                **self.constant_metrics,
-                "step": self.step,
-                "epoch": round(self.sampler.epoch_at(self.step), 6),
-                "diverged": 0,
-                **{f"loss/{k}": float(v) / n_steps for k, v in sums.items()},
-                "mix/g_fraction": n_g / n_samples,
-                "time/step_s": elapsed / n_steps,
-            }
-            if do_eval:
-                metrics.update(self._evaluate())
-            self.last_metrics = metrics
-            directory = self._write_checkpoint(final=is_last) if do_ckpt else None
-            ctx.report(metrics, checkpoint_dir=directory)
-            if directory is not None and not is_last:
-                shutil.rmtree(directory, ignore_errors=True)  # the context has persisted its own copy
-            sums, n_steps, n_g, n_samples = {}, 0, 0, 0
-            t0 = time.perf_counter()
-        if ctx.rank == 0:
-            shutil.rmtree(ctx.out_dir / ".staging", ignore_errors=True)
-        return dict(self.last_metrics)
-
-    def _diverged(self, losses: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-        metrics = {
-            **self.constant_metrics,
-            "step": self.step,
-            "epoch": round(self.sampler.epoch_at(self.step), 6),
-            "diverged": 1,
-            **{f"loss/{k}": float(v) for k, v in losses.items()},
-        }
-        log.warning("SR %s phase diverged at step %d (non-finite loss): %s", self.phase, self.step, metrics)
-        self.ctx.report(metrics)
-        self.last_metrics = metrics
-        return dict(metrics)
+    return run_loop(lambda: SRLoop(cfg, ctx, phase, init_from, cyclegan_g), cfg, ctx)

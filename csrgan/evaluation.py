@@ -1,4 +1,4 @@
-"""Evaluation used by the trainers, ``csrgan evaluate`` and ``csrgan upscale``.
+"""Scoring by the protocol: trainers, the sweep's bicubic baseline, ``csrgan evaluate``.
 
 Everything here follows the core protocol of :mod:`csrgan.metrics` (Y channel, crop ``scale`` px,
 uint8 rounding): SR outputs are quantised with :func:`csrgan.data.io.to_uint8` *before* any metric,
@@ -9,8 +9,11 @@ exactly once, and metrics are means over the images of a set. Keys are ``"<set>/
 * :func:`evaluate_bicubic` — the same numbers for MATLAB-bicubic upsampling (the baseline).
 * :func:`evaluate_translation` — the CycleGAN's Table 2: how close ``G(bicubic(HR))`` and plain
   ``bicubic(HR)`` are to the *real* LR of the same scene.
-* :func:`tiled_forward` — memory-bounded inference on large images, exact for convolutional nets.
+* :func:`evaluate_folder` — per-image and mean metrics of any ``uint8 LR -> uint8 SR`` function on one
+  folder (what ``csrgan evaluate`` prints), :func:`bicubic_upscaler` and :func:`evaluate_checkpoint`.
 * :func:`build_lpips` — LPIPS per ``eval.lpips``, honouring ``optional``.
+
+Large images run through :func:`csrgan.models.tiling.tiled_forward` (exact for convolutional nets).
 
 Sets without HR (no-reference, e.g. RealSRSet) get no metric keys; their SR output still goes into
 the comparison grid.
@@ -22,87 +25,41 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from csrgan.config import EvalConfig, TestSetConfig
+from csrgan.config import EvalConfig, LPIPSConfig, TestSetConfig
+from csrgan.data.datasets import TestSet
 from csrgan.data.io import to_tensor, to_uint8, write_image
 from csrgan.data.resize import imresize
+from csrgan.inference import model_upscaler
+from csrgan.metrics import PROTOCOL, evaluate_image
+from csrgan.models.tiling import ModelFn, tiled_forward
+from csrgan.registry import METRICS
 
-if TYPE_CHECKING:  # csrgan.metrics pulls in scipy: imported where it is used
+if TYPE_CHECKING:
     from csrgan.metrics import LPIPSMetric
 
 __all__ = [
+    "bicubic_upscaler",
     "build_lpips",
     "comparison_grid",
     "evaluate_bicubic",
+    "evaluate_checkpoint",
+    "evaluate_folder",
     "evaluate_sr_model",
     "evaluate_translation",
     "iter_test_images",
-    "tiled_forward",
 ]
 
 log = logging.getLogger(__name__)
 
-ModelFn = Callable[[torch.Tensor], torch.Tensor]
+#: ``uint8 (h, w, 3) LR -> uint8 (s*h, s*w, 3) SR``: bicubic, or a trained generator.
 UpscaleFn = Callable[[np.ndarray], np.ndarray]
 
 GRID_CROP = 128  # HR px per side of each grid cell: the grid is for eyeballing, not a full-size dump
-
-
-# ------------------------------------------------------------------------------------------- tiling
-def _model_device(model: ModelFn, fallback: torch.device) -> torch.device:
-    if isinstance(model, torch.nn.Module):
-        for p in model.parameters():
-            return p.device
-    return fallback
-
-
-@torch.no_grad()
-def tiled_forward(
-    model: ModelFn, lr: torch.Tensor, scale: int, tile: int = 0, overlap: int = 16
-) -> torch.Tensor:
-    """``model(lr)`` computed tile by tile: ``(N, C, h, w)`` -> ``(N, C, scale*h, scale*w)``.
-
-    The LR is cut into ``tile x tile`` cores; each core is run with ``overlap`` LR px of real context
-    on every side (less at the image border, where the context is the image border itself, as in the
-    untiled run), and only the core's output is kept. For a convolutional net whose receptive-field
-    radius (in LR px) is ``<= overlap``, every kept output pixel sees exactly the input it sees in the
-    untiled run, so the result equals ``model(lr)`` up to float summation order (no blending seams).
-    Only nets with image-global operations (e.g. BatchNorm in *train* mode) differ: call ``.eval()``.
-
-    Memory: one ``(tile + 2*overlap)`` input tile at a time on the model's device; the output is
-    assembled on ``lr``'s device (put ``lr`` on the CPU to bound accelerator memory for huge images).
-    ``tile=0`` runs the whole image at once.
-    """
-    if lr.ndim != 4:
-        raise ValueError(f"tiled_forward expects (N, C, h, w), got shape {tuple(lr.shape)}")
-    if tile < 0 or overlap < 0:
-        raise ValueError(f"tiled_forward: tile and overlap must be >= 0, got tile={tile}, overlap={overlap}")
-    device = _model_device(model, lr.device)
-    h, w = lr.shape[-2:]
-    if tile == 0 or (h <= tile and w <= tile):
-        return model(lr.to(device)).to(lr.device)
-    out: torch.Tensor | None = None
-    for y0 in range(0, h, tile):
-        for x0 in range(0, w, tile):
-            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            py0, px0 = max(y0 - overlap, 0), max(x0 - overlap, 0)
-            py1, px1 = min(y1 + overlap, h), min(x1 + overlap, w)
-            sr = model(lr[..., py0:py1, px0:px1].to(device))
-            if sr.shape[-2:] != ((py1 - py0) * scale, (px1 - px0) * scale):
-                raise ValueError(
-                    f"tiled_forward: model output {tuple(sr.shape[-2:])} for input "
-                    f"{(py1 - py0, px1 - px0)} is not x{scale}"
-                )
-            if out is None:
-                out = lr.new_zeros((lr.shape[0], sr.shape[1], h * scale, w * scale), dtype=sr.dtype)
-            core = sr[..., (y0 - py0) * scale : (y1 - py0) * scale, (x0 - px0) * scale : (x1 - px0) * scale]
-            out[..., y0 * scale : y1 * scale, x0 * scale : x1 * scale] = core.to(out.device)
-    assert out is not None
-    return out
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -121,8 +78,6 @@ def iter_test_images_gray(
     ts: TestSetConfig, scale: int
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray | None, bool]]:
     """Like :func:`iter_test_images`, plus whether the HR file is single-channel (scored as grey)."""
-    from csrgan.data.datasets import TestSet
-
     test_set = TestSet(ts.name, hr_dir=ts.hr, lr_dir=ts.lr, scale=scale)
     for k, (name, lr, hr) in enumerate(test_set):
         if ts.max_images is not None and k >= ts.max_images:
@@ -177,11 +132,8 @@ def _evaluate_upscaler(
     step: int,
     grid_images: int,
 ) -> dict[str, float]:
-    from csrgan.metrics import evaluate_image
-
-    unknown = sorted(set(metrics) - {"psnr", "ssim", "lpips"})
-    if unknown:
-        raise ValueError(f"evaluation: unknown metric(s) {unknown}; known: psnr, ssim, lpips")
+    for m in metrics:
+        METRICS.get(m)  # unknown names: RegistryError listing the known ones
     # LPIPS asked for but unavailable (eval.lpips.optional and weights missing): build_lpips has already
     # said so loudly; the column stays empty rather than being filled by a different network.
     wanted = tuple(m for m in metrics if m != "lpips" or lpips is not None)
@@ -222,7 +174,7 @@ def evaluate_sr_model(
     grid_dir: Path | None = None,
     step: int = 0,
     grid_images: int = 2,
-    overlap: int = 16,
+    overlap: int | None = None,
 ) -> dict[str, float]:
     """Mean metrics of an SR network over every set: ``{"<set>/psnr": ..., "<set>/ssim": ..., ...}``.
 
@@ -230,9 +182,12 @@ def evaluate_sr_model(
     an ``nn.Module`` in eval mode first (the caller owns train/eval state). Full images, one at a time;
     with ``tile > 0`` through :func:`tiled_forward` (``overlap`` LR px of context). ``lpips`` is an
     ``LPIPSMetric`` or None (then no ``lpips`` key). With ``grid_dir``, writes
-    ``grid_dir/<set>_step<step>.png`` of the first ``grid_images`` images.
+    ``grid_dir/<set>_step<step>.png`` of the first ``grid_images`` images. ``overlap`` defaults to the
+    network's ``receptive_radius`` (16 for a function without one).
     """
     device = torch.device(device)
+    if overlap is None:
+        overlap = int(getattr(model_fn, "receptive_radius", 16))
 
     @torch.no_grad()
     def upscale(lr: np.ndarray) -> np.ndarray:
@@ -319,19 +274,12 @@ def build_lpips(eval_cfg: EvalConfig, device: torch.device | str = "cpu") -> LPI
     from csrgan.weights import MissingWeightsError
 
     cfg = eval_cfg.lpips
-    kwargs: dict[str, object] = {
-        "device": str(device),
-        "source": cfg.source,
-        "random_backbone": cfg.random_backbone,
-    }
-    if "net" in _init_params(LPIPSMetric):
-        kwargs["net"] = cfg.net
-    elif cfg.net != "alex":
+    if cfg.net != PROTOCOL.lpips_net:
         raise ValueError(
-            f"eval.lpips.net: {cfg.net!r} is not supported by csrgan.metrics.LPIPSMetric (alex only)"
+            f"eval.lpips.net: {cfg.net!r} is not the protocol's LPIPS network ({PROTOCOL.lpips_net!r})"
         )
     try:
-        return LPIPSMetric(**kwargs)
+        return LPIPSMetric(device=str(device), source=cfg.source, random_backbone=cfg.random_backbone)
     except MissingWeightsError as exc:
         if not cfg.optional:
             raise
@@ -344,7 +292,79 @@ def build_lpips(eval_cfg: EvalConfig, device: torch.device | str = "cpu") -> LPI
         return None
 
 
-def _init_params(cls: type) -> set[str]:
-    import inspect
+# ----------------------------------------------------------------------------------- one folder
+def bicubic_upscaler(scale: int) -> UpscaleFn:
+    """MATLAB-compatible bicubic upsampling (a = -0.5), rounded to uint8: the baseline every paper reports."""
 
-    return set(inspect.signature(cls).parameters)
+    def up(lr: np.ndarray) -> np.ndarray:
+        h, w = lr.shape[:2]
+        return imresize(lr, output_shape=(h * scale, w * scale))
+
+    return up
+
+
+def evaluate_folder(
+    test_set: TestSet,
+    upscale: UpscaleFn,
+    metrics: Sequence[str] = ("psnr", "ssim"),
+    lpips: LPIPSMetric | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """``{"mean": {metric: value}, "images": [{"name":..., metric: value}], "n": N}``.
+
+    LPIPS is skipped (None) when requested but ``lpips`` is None (optional LPIPS with missing weights).
+    """
+    if not test_set.has_hr:
+        raise ValueError(f"test set {test_set.name!r} has no HR images: full-reference metrics need them")
+    wanted = [m for m in metrics if m != "lpips" or lpips is not None]
+    images: list[dict[str, Any]] = []
+    for i, (name, lr, hr) in enumerate(test_set):
+        assert hr is not None
+        sr = upscale(lr)
+        if sr.shape != hr.shape:
+            raise ValueError(f"{name}: SR is {sr.shape} but HR is {hr.shape} (scale {test_set.scale})")
+        gray = test_set.hr_is_gray(i)
+        row: dict[str, Any] = {
+            "name": name,
+            **evaluate_image(sr, hr, test_set.scale, wanted, lpips, gray=gray),
+        }
+        for m in metrics:
+            row.setdefault(m, None)
+        images.append(row)
+        if progress:
+            progress(name)
+    mean = {m: (float(np.mean([r[m] for r in images])) if _all_present(images, m) else None) for m in metrics}
+    return {"mean": mean, "images": images, "n": len(images), "protocol": PROTOCOL.id}
+
+
+def _all_present(rows: list[dict[str, Any]], metric: str) -> bool:
+    return bool(rows) and all(r.get(metric) is not None for r in rows)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    hr_dir: str | Path,
+    lr_dir: str | Path | None = None,
+    scale: int | None = None,
+    metrics: Sequence[str] = ("psnr", "ssim"),
+    lpips_cfg: LPIPSConfig | None = None,
+    device: str | torch.device = "cpu",
+    tile: int = 0,
+) -> dict[str, Any]:
+    """PSNR/SSIM/LPIPS of the generator in ``checkpoint`` on ``hr_dir`` (LR from ``lr_dir`` or bicubic).
+
+    Returns :func:`evaluate_folder`'s ``{"mean": {...}, "images": [...], "n", "protocol"}``
+    plus ``"scale"``, ``"checkpoint"`` and ``"lpips_weights"`` (the LPIPS backbone's provenance).
+    ``lpips_cfg`` is a :class:`csrgan.config.LPIPSConfig` (default: AlexNet weights from the cache,
+    not optional).
+    """
+    up = model_upscaler(checkpoint, device=device, tile=tile, scale=scale)
+    s = up.scale
+    lpips = build_lpips(EvalConfig(metrics=list(metrics), lpips=lpips_cfg or LPIPSConfig()), device=device)
+    result = evaluate_folder(TestSet("checkpoint", hr_dir, lr_dir, scale=s), up, metrics, lpips)
+    return {
+        **result,
+        "scale": s,
+        "checkpoint": str(checkpoint),
+        "lpips_weights": getattr(lpips, "provenance", None),
+    }

@@ -143,14 +143,10 @@ def build_shared_stages(
     of ``cfg`` — or just ``only`` of them — each reading its upstream stages' ``final/``."""
     out: dict[str, StageOutcome] = {}
     for name in shared_stages(cfg):
-        stage = get_stage(name)
-        ref = stage_ref(name, cfg, layout)
-        inputs = {
-            up: out[up].ref.final if up in out else stage_ref(up, cfg, layout).final
-            for up in stage.inputs(cfg)
-        }
         if only is not None and name not in only:
             continue
+        ref = stage_ref(name, cfg, layout)
+        inputs = {up: stage_ref(up, cfg, layout).final for up in get_stage(name).inputs(cfg)}
 
         def build(d: Path, name: str = name, inputs: dict[str, Path] = inputs) -> dict[str, Any]:
             return launch(name, cfg, d, inputs, inside_ray_task(cfg)).metrics

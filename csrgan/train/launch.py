@@ -141,7 +141,7 @@ class RayTrainGroup:
             from ray.tune.integration.ray_train import TuneReportCallback
 
             callbacks.append(TuneReportCallback())
-        metrics, _ = run_worker_group(
+        return run_worker_group(
             job.stage.name,
             job.cfg,
             job.out_dir,
@@ -152,7 +152,6 @@ class RayTrainGroup:
             address=self.address,
             num_cpus=self.num_cpus,
         )
-        return metrics
 
 
 def inside_ray_task(cfg: ExperimentConfig, to_tune: bool = False) -> Backend:

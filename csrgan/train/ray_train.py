@@ -259,9 +259,8 @@ def run_worker_group(
     callbacks: Sequence[Any] = (),
     address: str | None = None,
     num_cpus: int | None = None,
-) -> tuple[dict[str, Any], str | None]:
-    """Run ``stage`` on ``resources.workers`` Ray Train workers; returns (rank 0's last report, the
-    newest checkpoint's path).
+) -> dict[str, Any]:
+    """Run ``stage`` on ``resources.workers`` Ray Train workers; returns rank 0's last report.
 
     ``inputs`` must be visible to every worker. ``callbacks`` go to the Train ``RunConfig`` (inside a
     Tune trial: ``TuneReportCallback()``). Ray is started with :func:`ensure_ray` if needed. Raises
@@ -300,8 +299,7 @@ def run_worker_group(
             callbacks=list(callbacks),
         ),
     )
-    result = trainer.fit()
-    return dict(result.metrics or {}), None if result.checkpoint is None else str(result.checkpoint.path)
+    return dict(trainer.fit().metrics or {})
 
 
 def _worker_entry(config: dict[str, Any]) -> None:

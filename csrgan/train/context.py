@@ -111,10 +111,12 @@ class ContextBase:
         self.rank, self.world_size, self.device, self.threads = rank, world_size, device, threads
         self.reporter: Reporter | None = reporter() if reporter is not None and rank == 0 else None
         self._t0 = time.time()
+        self._resumed_from: int | None = None
         if rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def resumed(self, step: int) -> None:
+        self._resumed_from = step  # said once, in the next metrics.jsonl line
         if self.reporter is not None:
             self.reporter.resumed(step)
 
@@ -126,11 +128,15 @@ class ContextBase:
         return plain
 
     def _log(self, metrics: Mapping[str, Any], checkpoint: str | None) -> dict[str, Any]:
-        """Rank 0: append one line to ``metrics.jsonl``; returns that line."""
+        """Rank 0: append one line to ``metrics.jsonl``; returns that line. The first line after a
+        resume says where the run continued from (``resumed_from``): after a worker-group restart the
+        steps since that checkpoint appear twice in the file, or, when none were lost, just go on."""
         row = {k: jsonable(v) for k, v in metrics.items()}
         row.setdefault("wall_s", round(time.time() - self._t0, 3))
         if checkpoint is not None:
             row["checkpoint"] = checkpoint
+        if self._resumed_from is not None:
+            row["resumed_from"], self._resumed_from = self._resumed_from, None
         if self.rank == 0:
             with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")

@@ -155,7 +155,7 @@ def _fixed_batch_loop(cfg: Any, ctx: Any, x: torch.Tensor, y: torch.Tensor) -> A
         def _build_data(self) -> None:  # no image folders: the step's input is the fixed batch
             pass
 
-        def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
             return x, y
 
     return FixedBatch(cfg, ctx)
@@ -171,9 +171,10 @@ def cyclegan_bench(size: dict[str, int], device: torch.device, amp: bool, channe
         {
             "name": "bench",
             "data": {"train_hr": "unused", "real_lr": "unused"},
-            "cyclegan": {
-                "generator": {"ngf": size["ngf"], "n_blocks": size["cg_blocks"]},
-                "discriminator": {"ndf": size["ndf"]},
+            "cyclegan": {  # junyanz's CycleGAN (the learner this benchmark's bare loop writes out)
+                "learner": "cyclegan",
+                "generator": {"type": "resnet", "ngf": size["ngf"], "n_blocks": size["cg_blocks"]},
+                "discriminator": {"type": "patchgan", "ndf": size["ndf"]},
                 "iters": 10**9,
                 "batch_size": size["cg_batch"],
                 "patch_size": size["cg_patch"],

@@ -6,4 +6,4 @@ the stage algorithms, one launcher) -> ``sweep`` (Ray Tune orchestration) -> ``r
 with ``cli`` on top. Imports only ever point down this list.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -105,8 +105,8 @@ def _component(name: str, registry: R.Registry, default: str) -> type[ComponentS
 
 SRGeneratorSpec = _component("SRGeneratorSpec", R.SR_GENERATORS, "srresnet")
 SRDiscriminatorSpec = _component("SRDiscriminatorSpec", R.SR_DISCRIMINATORS, "srgan")
-DegradationGeneratorSpec = _component("DegradationGeneratorSpec", R.DEGRADATION_GENERATORS, "resnet")
-DegradationCriticSpec = _component("DegradationCriticSpec", R.DEGRADATION_CRITICS, "patchgan")
+DegradationGeneratorSpec = _component("DegradationGeneratorSpec", R.DEGRADATION_GENERATORS, "residual")
+DegradationCriticSpec = _component("DegradationCriticSpec", R.DEGRADATION_CRITICS, "dsgan")
 
 
 class LossSpec(ComponentSpec):
@@ -159,7 +159,11 @@ class DataConfig(Strict):
         default=None, description="use the bundled demo set; paths below default to its layout"
     )
     train_hr: str | None = None
-    train_lr: str | None = Field(default=None, description="paired LR for train_hr; default: MATLAB bicubic")
+    train_lr: str | None = Field(
+        default=None,
+        description="LR paired with train_hr (real pairs, or the true degradation when known); used by "
+        "sr.lr_source: paired. The other LR of SR training is always MATLAB bicubic of train_hr",
+    )
     real_lr: str | None = Field(default=None, description="unpaired real-LR domain Y for the CycleGAN")
     scale: Literal[2, 4, 8] = 4
     cache: bool = Field(default=True, description="keep decoded training images in memory")
@@ -177,19 +181,73 @@ class DataConfig(Strict):
 
 
 # ----------------------------------------------------------------------------------------------- cyclegan
+class FrequencySeparationConfig(Strict):
+    """DSGAN's objective (Fritsche, Gu, Timofte 2019; code manuelfritsche/real-world-sr): weights of the
+    colour term (L1 of the low-pass parts) and the texture term (GAN on the high-pass parts).
+
+    The published weights are ``color_weight 1``, ``texture_weight 0.005`` (and a perceptual LPIPS
+    term 0.01, not available offline, so not implemented), for ~300k iterations. At CPU budgets of a
+    few hundred iterations ``0.005`` leaves ``G`` the identity (docs/degradation.md has the table).
+    """
+
+    low_pass: Annotated[int, Field(ge=1)] = Field(default=5, description="box-filter side (odd)")
+    color_weight: NonNegFloat = 1.0
+    texture_weight: NonNegFloat = 0.005
+
+    SECTION = "cyclegan.frequency_separation"
+
+    @field_validator("low_pass")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"low_pass must be odd (a centred box filter), got {v}")
+        return v
+
+
+class GateConfig(Strict):
+    """The degradation stage's quality gate (csrgan.fidelity): below it the stage is ``poor``."""
+
+    min_lowfreq_psnr: float = Field(
+        default=30.0, description="dB; PSNR of low_pass(G(x)) vs low_pass(x): content and colour kept"
+    )
+    max_gx_psnr: float = Field(default=45.0, description="dB; PSNR of G(x) vs x above it: G did nothing")
+    max_hf_w1_ratio: PosFloat = Field(
+        default=1.5,
+        description="high-frequency distance to the real LR, G(x) over doing nothing (> it: G moved away)",
+    )
+
+    SECTION = "cyclegan.gate"
+
+
 class CycleGANConfig(Strict):
-    """Stage 1: learn G: X (bicubic LR) -> Y (real LR) from unpaired patches (Zhu et al. 2017).
+    """Stage 1: learn a degradation G: X (bicubic LR) -> Y (real LR) from unpaired patches.
+
+    ``learner``: ``frequency_separation`` (DSGAN: one G, colour loss on low-pass, GAN on high-pass) or
+    ``cyclegan`` (Zhu et al. 2017, junyanz's code: G, F and the cycle losses). ``generator`` defaults to
+    the identity-initialised ``residual`` network; junyanz's setup is ``{type: resnet}`` with
+    ``discriminator: {type: patchgan}``. The section keeps its historical name ``cyclegan``.
 
     ``seed`` is the stage's own seed, separate from the experiment ``seed``: a sweep's ``seeds`` repeat
-    SR training over one shared CycleGAN (sweep ``cyclegan.seed`` to measure CycleGAN seed noise).
+    SR training over one shared stage (sweep ``cyclegan.seed`` to measure its seed noise).
     """
 
     seed: NonNegInt = 0
+    learner: Literal["frequency_separation", "cyclegan"] = "frequency_separation"
     generator: DegradationGeneratorSpec = Field(
-        default_factory=DegradationGeneratorSpec, description="G and F: {type: resnet, ngf, n_blocks, ...}"
+        default_factory=DegradationGeneratorSpec,
+        description="G (and F for the cyclegan learner): {type: residual|resnet, ...}",
     )
     discriminator: DegradationCriticSpec = Field(
-        default_factory=DegradationCriticSpec, description="D_X and D_Y: {type: patchgan, ndf, n_layers}"
+        default_factory=DegradationCriticSpec, description="the critic(s): {type: dsgan|patchgan, ndf, ...}"
+    )
+    frequency_separation: FrequencySeparationConfig = FrequencySeparationConfig()
+    gate: GateConfig = GateConfig()
+    accept_poor: bool = Field(
+        default=False,
+        description="use a stage the quality gate marked poor anyway (recorded in every result row)",
+    )
+    cache_variants: PosInt = Field(
+        default=4, description="real-like LR samples cached per training image (G with a noise input)"
     )
     iters: PosInt = 20_000
     decay_start: NonNegInt | None = Field(
@@ -199,7 +257,7 @@ class CycleGANConfig(Strict):
     patch_size: PosInt = Field(default=64, description="LR patch side (both domains)")
     lr: PosFloat = 2e-4
     beta1: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
-    lambda_cycle: NonNegFloat = 10.0
+    lambda_cycle: NonNegFloat = Field(default=10.0, description="cyclegan learner: λ of the cycle losses")
     lambda_identity: NonNegFloat = Field(default=0.5, description="× lambda_cycle (junyanz convention)")
     pool_size: NonNegInt = 50
     eval_every: PosInt = 1000
@@ -228,10 +286,16 @@ class PretrainConfig(Strict):
 
 
 class GANStageConfig(Strict):
-    """Stage B: SRGAN with content + adversarial loss (Ledig et al. 2017)."""
+    """Stage B: SRGAN with content + adversarial loss (Ledig et al. 2017).
+
+    ``lr_milestones``/``lr_gamma``: the learning rate is multiplied by ``lr_gamma`` at each milestone
+    iteration (a step schedule; Ledig et al.: 1e-4, then 1e-5 for the second half of training).
+    """
 
     iters: NonNegInt = 100_000
     lr: PosFloat = 1e-4
+    lr_milestones: list[PosInt] = Field(default_factory=list, description="iterations where lr *= lr_gamma")
+    lr_gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
     content: LossSpec = Field(
         default_factory=LossSpec,
         description="{type: vgg|mse|l1, weight, **arguments}; vgg: layer (paper: relu5_4), feature_scale "
@@ -240,6 +304,17 @@ class GANStageConfig(Strict):
     adv_weight: NonNegFloat = 1e-3
     pixel_weight: NonNegFloat = 0.0
     gan_mode: GANLossName = Field(default="vanilla", description="a name in GAN_LOSSES")
+
+    SECTION = "sr.gan"
+
+    @model_validator(mode="after")
+    def _milestones(self) -> GANStageConfig:
+        m = self.lr_milestones
+        if m != sorted(set(m)):
+            raise ValueError(f"lr_milestones must be strictly increasing, got {m}")
+        if m and self.iters and m[-1] >= self.iters:
+            raise ValueError(f"lr_milestones {m} must be < iters ({self.iters}); a later one never applies")
+        return self
 
 
 class SRGANConfig(Strict):
@@ -251,7 +326,18 @@ class SRGANConfig(Strict):
     discriminator: SRDiscriminatorSpec = Field(
         default_factory=SRDiscriminatorSpec, description="{type: srgan, channels, dense_units}"
     )
-    mix_prob: Prob = Field(default=1.0, description="p: chance a training LR is G(bicubic LR); 0 = SRGAN")
+    lr_source: Literal["cyclegan", "pipeline", "paired"] = Field(
+        default="cyclegan",
+        description="where the non-bicubic training LR comes from: the learned degradation (cached "
+        "G(bicubic LR)), a synthetic pipeline applied on the fly (sr.pipeline), or data.train_lr",
+    )
+    pipeline: str | None = Field(
+        default=None,
+        description="lr_source pipeline: a degradation pipeline YAML; default: csrgan's packaged default",
+    )
+    mix_prob: Prob = Field(
+        default=1.0, description="p: chance a training LR comes from lr_source instead of bicubic; 0 = SRGAN"
+    )
     pretrain: PretrainConfig = PretrainConfig()
     gan: GANStageConfig = GANStageConfig()
     batch_size: PosInt = 16
@@ -260,6 +346,23 @@ class SRGANConfig(Strict):
     checkpoint_every: PosInt = 1000
 
     SECTION = "sr"
+
+    @field_validator("pipeline")
+    @classmethod
+    def _pipeline_loads(cls, v: str | None) -> str | None:
+        if v is not None:
+            from csrgan.data.degradations import DegradationConfigError, load_pipeline
+
+            try:
+                load_pipeline(v)
+            except DegradationConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    def uses_degradation_stage(self) -> bool:
+        """True when training reads the learned degradation (the cyclegan stage's cached LR)."""
+        return self.mix_prob > 0 and self.lr_source == "cyclegan"
+
     MOVED = {
         "model": "use sr.generator: {type: srresnet, channels, n_blocks, global_bicubic_skip} and "
         "sr.discriminator: {type: srgan, channels} (d_channels is now discriminator.channels)"
@@ -373,6 +476,33 @@ class SearchConfig(Strict):
     num_samples: PosInt = Field(default=1, description="random/optuna: configurations to try")
     scheduler: FIFOConfig | ASHAConfig = Field(default_factory=FIFOConfig, discriminator="type")
     sampler_seed: NonNegInt = 0
+    arms: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="grid/random: explicit configurations (dotted config key -> value), each combined "
+        "with every grid combination or random sample (an arm's keys override the grid's)",
+    )
+    reference: dict[str, Any] | None = Field(
+        default=None,
+        description="the configuration gains are measured against (e.g. {sr.mix_prob: 0.0}); the sweep's "
+        "table adds each arm's gain over it",
+    )
+    oracle: dict[str, Any] | None = Field(
+        default=None,
+        description="the upper bound (e.g. training on the true degradation); the table adds each arm's "
+        "share of the oracle's gain over the reference",
+    )
+
+    @field_validator("arms")
+    @classmethod
+    def _arms_not_empty(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, arm in enumerate(v):
+            if not arm:
+                raise ValueError(f"search.arms[{i}] is empty: an arm sets at least one dotted config key")
+        return v
+
+    def param_names(self) -> tuple[str, ...]:
+        """Every searched key: the ``parameters``, then the arms' keys, in first-seen order."""
+        return tuple(dict.fromkeys([*self.parameters, *(k for arm in self.arms for k in arm)]))
 
     @model_validator(mode="after")
     def _grid_needs_values(self) -> SearchConfig:
@@ -387,8 +517,24 @@ class SearchConfig(Strict):
                 "method optuna takes one seed (TPE would model seed noise as signal); "
                 "re-run the best configurations over seeds with a grid sweep"
             )
+        if self.method == "optuna" and self.arms:
+            raise ValueError(
+                "method optuna does not take search.arms (TPE proposes each configuration); "
+                "list configurations with method grid or random"
+            )
         if self.method == "grid" and self.num_samples != 1:
             raise ValueError("num_samples applies to random/optuna; a grid runs every combination × seeds")
+        if self.oracle is not None and self.reference is None:
+            raise ValueError(
+                "search.oracle needs search.reference (the share of the oracle's gain over what?)"
+            )
+        for name in ("reference", "oracle"):
+            bad = sorted(set(getattr(self, name) or {}) - set(self.param_names()))
+            if bad:
+                raise ValueError(
+                    f"search.{name}: {bad} are not searched keys (parameters or arms): "
+                    f"{list(self.param_names())}"
+                )
         return self
 
 
@@ -421,6 +567,18 @@ class ExperimentConfig(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
+        sr = self.sr
+        if sr.mix_prob > 0 and sr.lr_source == "paired" and self.data.train_lr is None:
+            raise ValueError("sr.lr_source is 'paired' with sr.mix_prob > 0, but data.train_lr is not set")
+        if sr.uses_degradation_stage() and self.data.real_lr is None and self.data.demo is None:
+            raise ValueError(
+                "sr.lr_source is 'cyclegan' with sr.mix_prob > 0: the degradation stage needs data.real_lr "
+                "(or data.demo); or use sr.lr_source: pipeline | paired, or sr.mix_prob: 0"
+            )
+        if sr.pipeline is not None and sr.lr_source != "pipeline":
+            raise ValueError(
+                f"sr.pipeline is set but sr.lr_source is {sr.lr_source!r} (it is only read by 'pipeline')"
+            )
         if self.sr.patch_size % self.data.scale:
             raise ValueError(
                 f"sr.patch_size ({self.sr.patch_size}) must be a multiple of data.scale ({self.data.scale})"
@@ -428,6 +586,9 @@ class ExperimentConfig(Strict):
         if self.search is not None:
             for key in self.search.parameters:
                 _check_path_exists(self, key)
+            for i, arm in enumerate(self.search.arms):
+                for key in arm:
+                    _check_path_exists(self, key, where=f"search.arms[{i}]")
             test_names = {t.name for t in self.data.test_sets} | (
                 {"bicubic", "unknown"} if self.data.demo is not None and not self.data.test_sets else set()
             )
@@ -445,7 +606,8 @@ class ConfigError(ValueError):
     """A config problem, already formatted for users: file, field path, what was expected."""
 
 
-def _check_path_exists(cfg: BaseModel, dotted: str) -> None:
+def _check_path_exists(cfg: BaseModel, dotted: str, where: str = "search.parameters") -> None:
+    """``dotted`` names a value of ``cfg`` (``where`` is the field that uses it, for the message)."""
     node: Any = cfg
     for part in dotted.split("."):
         known = isinstance(node, BaseModel) and (
@@ -454,9 +616,9 @@ def _check_path_exists(cfg: BaseModel, dotted: str) -> None:
         if known:
             node = getattr(node, part)
         else:
-            raise ValueError(f"search.parameters: {dotted!r} is not a config field (no {part!r})")
+            raise ValueError(f"{where}: {dotted!r} is not a config field (no {part!r})")
     if isinstance(node, BaseModel):
-        raise ValueError(f"search.parameters: {dotted!r} is a section, not a value")
+        raise ValueError(f"{where}: {dotted!r} is a section, not a value")
 
 
 _FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -541,7 +703,8 @@ def validate_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
 
 def _check_search_values(cfg: ExperimentConfig, source: str) -> None:
     """Every value a search can give (each listed value, each range end) must pass the field's own schema,
-    so ``sr.mix_prob: {values: [0, 1.5]}`` fails at load time, not inside a trial."""
+    so ``sr.mix_prob: {values: [0, 1.5]}`` fails at load time, not inside a trial. Each arm is applied
+    whole (its keys together: some values are only valid with the arm's other keys)."""
     if cfg.search is None:
         return
     base = cfg.model_dump(mode="json", exclude={"search"})
@@ -556,6 +719,18 @@ def _check_search_values(cfg: ExperimentConfig, source: str) -> None:
                 except ValidationError as exc:
                     msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
                     problems.append(f"  - search.parameters.{name}.{form}[{i}]: {msg} (got {value!r})")
+    for i, arm in enumerate(cfg.search.arms):
+        trial = copy.deepcopy(base)
+        for name, value in arm.items():
+            _set_dotted(trial, name, value)
+        try:
+            ExperimentConfig.model_validate(trial)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+                msg = err["msg"].removeprefix("Value error, ")
+                got = f" (got {arm[loc]!r})" if loc in arm else ""
+                problems.append(f"  - search.arms[{i}]: {loc + ': ' if loc else ''}{msg}{got}")
     if problems:
         raise ConfigError(
             f"{source}: invalid experiment config ({len(problems)} problem(s))\n" + "\n".join(problems)

@@ -47,11 +47,14 @@ def tiny_config(root: Path, **sr_over: object) -> Path:
         write_image(root / "train" / f"{i}.png", _image(64, 64, i))
     for i in range(2):
         write_image(root / "test" / f"t{i}.png", _image(48, 40, 10 + i))
+    for i in range(3):  # the unpaired "real" LR domain of the degradation stage (unused at p = 0)
+        write_image(root / "real" / f"r{i}.png", _image(24, 24, 20 + i))
     raw = {
         "name": "tiny",
         "seed": 0,
         "data": {
             "train_hr": str(root / "train"),
+            "real_lr": str(root / "real"),
             "test_sets": [{"name": "synth", "hr": str(root / "test")}],
         },
         "sr": {
@@ -117,7 +120,11 @@ def test_bad_set_exits_2_naming_the_field_before_anything_starts(tmp_path: Path)
     [
         (["--set", "sr.mix_prob=0.5"], "--cyclegan"),
         (["--set", "sr.mix_prob=0.5", "--cyclegan", "nowhere"], "nowhere"),
-        (["--cyclegan", "nowhere"], "mix_prob is 0"),
+        (["--cyclegan", "nowhere"], "sr.mix_prob=0 with sr.lr_source=cyclegan never uses it"),
+        (
+            ["--set", "sr.mix_prob=1", "--set", "sr.lr_source=pipeline", "--cyclegan", "nowhere"],
+            "sr.mix_prob=1 with sr.lr_source=pipeline never uses it",
+        ),
         (["--local", "--workers", "2"], "--local"),
         (["--ray", "--workers", "0"], "--ray"),
         (["--ray", "--address", "auto", "--num-cpus", "2"], "--num-cpus"),
@@ -173,13 +180,27 @@ def test_a_diverging_run_stops_cleanly_with_exit_3_and_no_gan_phase(tmp_path: Pa
     assert not (out / "gan").exists()
 
 
-def test_cyclegan_then_csrgan_pretraining_locally(tmp_path: Path) -> None:
-    """Stage 1 writes G; stage 2 with p = 1 (CSR-GAN) finds it through --cyclegan OUT."""
+DEGRADATION_LEARNERS = {
+    "cyclegan": {
+        "learner": "cyclegan",
+        "generator": {"type": "resnet", "ngf": 4, "n_blocks": 1},
+        "discriminator": {"type": "patchgan", "ndf": 4, "n_layers": 2},
+    },
+    "frequency_separation": {  # the default learner
+        "generator": {"type": "residual", "nf": 4, "n_blocks": 1, "noise_channels": 1},
+        "discriminator": {"type": "dsgan", "ndf": 4},
+        "cache_variants": 2,
+    },
+}
+
+
+@pytest.mark.parametrize("learner", sorted(DEGRADATION_LEARNERS))
+def test_cyclegan_then_csrgan_pretraining_locally(tmp_path: Path, learner: str) -> None:
+    """Stage 1 writes G and its cached G(bicubic LR); stage 2 with p = 1 (CSR-GAN) finds it through
+    --cyclegan OUT. Two iterations learn no degradation, so the stage is accepted as poor on purpose."""
     from csrgan.data.resize import imresize
 
     cfg_path = tiny_config(tmp_path, gan={"iters": 0})
-    for i in range(3):  # unpaired "real" LR domain
-        write_image(tmp_path / "real" / f"r{i}.png", _image(24, 24, 20 + i))
     # SSIM's 11x11 window needs LR test images of at least 11 px
     write_image(tmp_path / "realtest" / "HR" / "a.png", _image(64, 56, 30))
     write_image(tmp_path / "realtest" / "LR" / "a.png", imresize(_image(64, 56, 31), scale=0.25))
@@ -190,9 +211,8 @@ def test_cyclegan_then_csrgan_pretraining_locally(tmp_path: Path) -> None:
          "degradation": "real"}
     )  # fmt: skip
     raw["cyclegan"] = {
-        "generator": {"ngf": 4, "n_blocks": 1},
-        "discriminator": {"ndf": 4, "n_layers": 2},
-        "iters": 2, "patch_size": 16, "eval_every": 2, "checkpoint_every": 2,
+        **DEGRADATION_LEARNERS[learner],
+        "iters": 2, "patch_size": 16, "eval_every": 2, "checkpoint_every": 2, "accept_poor": True,
     }  # fmt: skip
     cfg_path.write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"
@@ -200,9 +220,15 @@ def test_cyclegan_then_csrgan_pretraining_locally(tmp_path: Path) -> None:
     first = runner.invoke(_app(), ["train", "cyclegan", str(cfg_path), "--local", "--out", str(out)])
 
     assert first.exit_code == 0, first.output
-    assert (out / "cyclegan" / "final" / "generator.pt").is_file()
+    final = out / "cyclegan" / "final"
+    assert (final / "generator.pt").is_file() and (final / "fidelity.json").is_file()
+    variants = 2 if learner == "frequency_separation" else 1  # a G with a noise input: cache_variants
+    assert sorted(p.name for p in (final / "lr").iterdir()) == [str(v) for v in range(variants)]
+    for v in range(variants):
+        assert sorted(p.name for p in (final / "lr" / str(v)).iterdir()) == [f"{i}.png" for i in range(4)]
     last = _rows(out / "cyclegan" / "metrics.jsonl")[-1]
     assert last["step"] == 2 and np.isfinite(last["real/g_psnr"]) and np.isfinite(last["real/bicubic_psnr"])
+    assert last["fidelity/poor"] in (0.0, 1.0) and "fidelity/lowfreq_psnr" in last  # inf (null) if G = id
 
     second = runner.invoke(_app(), ["train", "srgan", str(cfg_path), "--workers", "0", "--out", str(out),
                                     "--set", "sr.mix_prob=1", "--cyclegan", str(out)])  # fmt: skip

@@ -197,6 +197,7 @@ def test_plan_for_a_file_in_the_project_uploads_the_project_itself(tmp_path: Pat
         [
             "data.train_hr=/mnt/div2k/train_HR",
             "data.real_lr=/mnt/div2k/train_LR_unknown",
+            "data.train_lr=/mnt/div2k/train_LR_unknown",  # the oracle arm's paired LR
             "data.test_sets=[{name: div2k_unknown, hr: /mnt/d/HR, lr: /mnt/d/LR, degradation: real}]",
         ],
         storage="/mnt/shared/results",

@@ -52,8 +52,9 @@ def base_config(tmp: Path) -> dict[str, Any]:
         "storage": str(tmp / "storage"),
         "data": {"demo": {"dir": str(tmp / "demo"), "seed": 0}, "scale": 4},
         "cyclegan": {
-            "generator": {"ngf": 4, "n_blocks": 1},
-            "discriminator": {"ndf": 4, "n_layers": 1},
+            "learner": "cyclegan",  # junyanz's CycleGAN (the default learner is frequency_separation)
+            "generator": {"type": "resnet", "ngf": 4, "n_blocks": 1},
+            "discriminator": {"type": "patchgan", "ndf": 4, "n_layers": 1},
             "iters": 2,
             "batch_size": 1,
             "patch_size": 8,
@@ -115,6 +116,17 @@ def _param(name: str, spec: dict[str, Any], method: str | None = None) -> Callab
 
     def mutate(d: dict[str, Any]) -> None:
         d["search"]["parameters"] = {name: spec}
+        if method:
+            d["search"]["method"] = method
+
+    return mutate
+
+
+def _arms(*arms: Any, method: str | None = None) -> Callable[[dict[str, Any]], None]:
+    """Give the search these ``arms`` (optionally switching the method)."""
+
+    def mutate(d: dict[str, Any]) -> None:
+        d["search"]["arms"] = list(arms)
         if method:
             d["search"]["method"] = method
 
@@ -222,6 +234,51 @@ CASES = [
         "old-cyclegan-model-section",
         ("- cyclegan:", "`cyclegan.model` is gone", "cyclegan.generator", "discriminator.n_layers"),
         _set("cyclegan.model", {"ngf": 4, "n_blocks": 1, "ndf": 4, "n_layers_d": 1}),
+    ),
+    Case(
+        "unknown-degradation-learner",
+        ("- cyclegan.learner:", "'frequency_separation' or 'cyclegan'", "'dsgan'"),
+        _set("cyclegan.learner", "dsgan"),
+    ),
+    Case(
+        "residual-generator-with-resnet-arguments",  # the default generator is now `residual`
+        ("- cyclegan.generator:", "'residual' has no argument(s) ['ngf']", "nf, n_blocks, noise_channels"),
+        _set("cyclegan.generator", {"ngf": 4, "n_blocks": 1}),
+    ),
+    Case(
+        "even-low-pass",
+        ("- cyclegan.frequency_separation.low_pass:", "must be odd", "4"),
+        _set("cyclegan.frequency_separation.low_pass", 4),
+    ),
+    Case(
+        "zero-cache-variants",
+        ("- cyclegan.cache_variants:", "greater than 0"),
+        _set("cyclegan.cache_variants", 0),
+    ),
+    Case(
+        "unknown-lr-source",
+        ("- sr.lr_source:", "'cyclegan', 'pipeline' or 'paired'", "'real'"),
+        _set("sr.lr_source", "real"),
+    ),
+    Case(
+        "paired-lr-source-without-train-lr",
+        ("sr.lr_source is 'paired'", "data.train_lr is not set"),
+        _set("sr.lr_source", "paired"),
+    ),
+    Case(
+        "pipeline-without-pipeline-source",
+        ("sr.pipeline is set but sr.lr_source is 'cyclegan'",),
+        _set("sr.pipeline", str(REPO / "csrgan" / "data" / "default_degradation.yaml")),
+    ),
+    Case(
+        "lr-milestones-not-increasing",
+        ("- sr.gan:", "lr_milestones must be strictly increasing", "[1, 1]"),
+        _both(_set("sr.gan.iters", 5), _set("sr.gan.lr_milestones", [1, 1])),
+    ),
+    Case(
+        "lr-milestone-after-the-end",
+        ("- sr.gan:", "lr_milestones [2] must be < iters (2)"),
+        _set("sr.gan.lr_milestones", [2]),
     ),
     Case(
         "mse-content-with-a-layer",  # mse takes no arguments (a VGG layer is meaningless for it)
@@ -348,6 +405,36 @@ CASES = [
         "optuna-two-seeds",
         ("- search:", "optuna takes one seed"),
         _both(_param("sr.mix_prob", {"uniform": [0.0, 1.0]}, method="optuna"), _set("search.seeds", [0, 1])),
+    ),
+    Case(
+        "arm-unknown-key",
+        ("search.arms[1]: 'sr.mix_probb' is not a config field (no 'mix_probb')",),
+        _arms({"sr.mix_prob": 0.0}, {"sr.mix_probb": 0.5}),
+    ),
+    Case(
+        "arm-key-is-section",
+        ("search.arms[0]: 'sr.gan' is a section, not a value",),
+        _arms({"sr.gan": 1}),
+    ),
+    Case(
+        "arm-value-out-of-range",
+        ("- search.arms[1]: sr.mix_prob:", "less than or equal to 1", "(got 1.5)"),
+        _arms({"sr.mix_prob": 0.0}, {"sr.gan.adv_weight": 1e-2, "sr.mix_prob": 1.5}),
+    ),
+    Case(
+        "arm-invalid-combination",  # each value is valid alone; together they break a cross-check
+        ("- search.arms[0]:", "sr.patch_size (20) must be a multiple of data.scale (8)"),
+        _arms({"data.scale": 8, "sr.patch_size": 20}),
+    ),
+    Case("arm-empty", ("- search.arms:", "search.arms[1] is empty"), _arms({"sr.mix_prob": 0.0}, {})),
+    Case("arm-not-a-mapping", ("- search.arms.0:", "valid dictionary"), _arms(0.5)),
+    Case("arms-not-a-list", ("- search.arms:", "valid list"), _set("search.arms", {"sr.mix_prob": 0.0})),
+    Case(
+        "arms-with-optuna",
+        ("- search:", "method optuna does not take search.arms"),
+        _both(
+            _param("sr.gan.lr", {"log_uniform": [1e-5, 1e-3]}, method="optuna"), _arms({"sr.mix_prob": 0.0})
+        ),
     ),
     Case("duplicate-seeds", ("- search:", "seeds must be distinct"), _set("search.seeds", [0, 1, 0])),
     Case("negative-seed", ("- search.seeds.0:", "greater than or equal to 0"), _set("search.seeds", [-1])),
@@ -673,6 +760,8 @@ SR_ONLY = [
     "cyclegan.eval_every=2",  # logging cadence does not change the trained network
     "cyclegan.checkpoint_every=2",
     "seed=1",  # a sweep's seeds repeat SR training over one shared CycleGAN (cyclegan.seed is its own)
+    "sr.lr_source=pipeline",
+    "sr.gan.lr_milestones=[1]",
 ]
 CYCLEGAN = [
     "cyclegan.iters=3",
@@ -683,6 +772,10 @@ CYCLEGAN = [
     "cyclegan.lr=1e-4",
     "cyclegan.patch_size=16",
     "cyclegan.seed=1",
+    "cyclegan.learner=frequency_separation",
+    "cyclegan.frequency_separation.texture_weight=0.1",
+    "cyclegan.frequency_separation.low_pass=3",
+    "cyclegan.cache_variants=2",
     "data.scale=2",
     "data.real_lr=/elsewhere",
 ]
@@ -755,6 +848,43 @@ def test_gan_key_ignores_cyclegan_when_p_is_0(keyed: Callable[..., ExperimentCon
     assert gan_key(keyed("sr.mix_prob=0", "cyclegan.iters=3")) == gan_key(keyed("sr.mix_prob=0"))
 
 
+@pytest.mark.parametrize(
+    "item",
+    ["cyclegan.gate.min_lowfreq_psnr=20", "cyclegan.gate.max_hf_w1_ratio=1.5", "cyclegan.accept_poor=true"],
+)
+@pytest.mark.parametrize("stage", ["cyclegan", "pretrain", "gan"])
+def test_the_quality_gate_is_in_no_key(keyed: Callable[..., ExperimentConfig], stage: str, item: str) -> None:
+    """The gate judges a finished degradation stage (re-applied on every reuse); it does not change it."""
+    key = {"cyclegan": cyclegan_key, "pretrain": pretrain_key, "gan": gan_key}[stage]
+    assert key(keyed(item)) == key(keyed())
+
+
+@pytest.mark.parametrize("key", [pretrain_key, gan_key])
+def test_sr_keys_follow_the_lr_source(
+    keyed: Callable[..., ExperimentConfig], key: Callable[..., str]
+) -> None:
+    base = key(keyed())
+    pipe = key(keyed("sr.lr_source=pipeline"))
+    paired = key(keyed("sr.lr_source=paired", "data.train_lr=/lr"))
+    assert len({base, pipe, paired}) == 3
+    assert key(keyed("sr.lr_source=paired", "data.train_lr=/other")) != paired
+
+
+@pytest.mark.parametrize("key", [pretrain_key, gan_key])
+@pytest.mark.parametrize("source", ["sr.lr_source=pipeline", "sr.mix_prob=0"])
+def test_sr_keys_ignore_the_degradation_stage_it_does_not_use(
+    keyed: Callable[..., ExperimentConfig], key: Callable[..., str], source: str
+) -> None:
+    assert key(keyed(source, "cyclegan.iters=3")) == key(keyed(source))
+
+
+def test_gan_key_follows_the_lr_schedule(keyed: Callable[..., ExperimentConfig]) -> None:
+    assert gan_key(keyed("sr.gan.lr_milestones=[1]")) != gan_key(keyed())
+    assert gan_key(keyed("sr.gan.lr_milestones=[1]", "sr.gan.lr_gamma=0.5")) != gan_key(
+        keyed("sr.gan.lr_milestones=[1]")
+    )
+
+
 KEYS = {"cyclegan": cyclegan_key, "pretrain": pretrain_key, "gan": gan_key}
 
 
@@ -814,6 +944,26 @@ def test_component_defaults_are_filled_in_and_dumped(tmp_path: Path) -> None:
     assert load_config(write_yaml(tmp_path / "again.yaml", dumped)) == cfg
 
 
+def test_the_default_degradation_learner_is_frequency_separation(tmp_path: Path) -> None:
+    """Without ``learner``/``generator``/``discriminator``: DSGAN's loop, the identity-initialised
+    residual G and DSGAN's critic; the gate and cache defaults are filled in."""
+    raw = base_config(tmp_path)
+    for key in ("learner", "generator", "discriminator"):
+        del raw["cyclegan"][key]
+    cg = load_config(write_yaml(tmp_path / "ok.yaml", raw)).cyclegan
+    assert cg.learner == "frequency_separation"
+    assert cg.generator.type == "residual"
+    assert cg.generator.kwargs() == {"nf": 32, "n_blocks": 4, "noise_channels": 1}
+    assert cg.discriminator.type == "dsgan" and cg.discriminator.kwargs() == {"ndf": 64}
+    assert cg.frequency_separation.model_dump() == {
+        "low_pass": 5,
+        "color_weight": 1.0,
+        "texture_weight": 0.005,
+    }
+    assert cg.gate.model_dump() == {"min_lowfreq_psnr": 30.0, "max_gx_psnr": 45.0, "max_hf_w1_ratio": 1.5}
+    assert cg.accept_poor is False and cg.cache_variants == 4
+
+
 def test_explicit_defaults_hash_like_omitted_ones(tmp_path: Path) -> None:
     raw = base_config(tmp_path)
     raw["sr"]["generator"].update({"type": "srresnet", "global_bicubic_skip": False})
@@ -841,6 +991,38 @@ def test_a_spec_argument_can_be_searched(tmp_path: Path) -> None:
     assert trial.sr.generator.n_blocks == 2 and trial.sr.generator.channels == 4
 
 
+# ---------------------------------------------------------------------------------------------- arms
+def test_an_arm_is_validated_whole(tmp_path: Path) -> None:
+    """``cyclegan.decay_start: 5`` alone breaks ``decay_start <= iters`` (iters 2); with its arm's
+    ``cyclegan.iters: 10`` it is valid, and so is the file."""
+    raw = base_config(tmp_path)
+    _arms({"sr.mix_prob": 0.0}, {"cyclegan.iters": 10, "cyclegan.decay_start": 5})(raw)
+    cfg = load_config(write_yaml(tmp_path / "arms.yaml", raw))
+    assert cfg.search is not None
+    assert cfg.search.arms == [{"sr.mix_prob": 0.0}, {"cyclegan.iters": 10, "cyclegan.decay_start": 5}]
+    assert cfg.search.param_names() == ("sr.mix_prob", "cyclegan.iters", "cyclegan.decay_start")
+
+
+def test_dry_run_lists_the_arms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nothing_starts: list[str]
+) -> None:
+    raw = base_config(tmp_path)
+    raw["search"]["parameters"] = {}
+    _arms({"sr.mix_prob": 0.0}, {"sr.mix_prob": 1.0, "sr.gan.adv_weight": 1e-2})(raw)
+    path = write_yaml(tmp_path / "cfg" / "arms.yaml", raw)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    res = runner.invoke(app, ["sweep", str(path), "--dry-run"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert [ln.strip() for ln in res.stdout.splitlines()][1:] == [
+        "sr.mix_prob=0,seed=0",
+        "sr.mix_prob=1,sr.gan.adv_weight=0.01,seed=0",
+    ]
+    assert nothing_starts == []
+    assert_nothing_written(tmp_path, work)
+
+
 # ------------------------------------------------------------------------------------------- dry run
 def test_dry_run_prints_the_quickstart_plan_and_starts_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nothing_starts: list[str]
@@ -850,9 +1032,11 @@ def test_dry_run_prints_the_quickstart_plan_and_starts_nothing(
     assert res.exit_code == 0, (res.output, res.exception)
     lines = [ln.strip() for ln in res.stdout.splitlines()]
     assert lines[0].startswith("sweep quickstart: method grid, metric unknown/psnr")
-    assert lines[1:] == [
-        f"sr.mix_prob={p},seed={s}" for p in ("0", "0.5", "1") for s in (0, 1)
-    ]  # p = 0 first: those trials need no CycleGAN and run while it trains
+    # the quickstart's four arms x 2 seeds; first the trials that need no degradation stage (p = 0 and
+    # the pipeline oracle): they run while it trains
+    arms = ["sr.mix_prob=0", "sr.lr_source=pipeline,sr.mix_prob=1"]
+    arms += ["sr.lr_source=cyclegan,sr.mix_prob=0.5", "sr.lr_source=cyclegan,sr.mix_prob=1"]
+    assert lines[1:] == [f"{arm},seed={s}" for arm in arms for s in (0, 1)]
     assert nothing_starts == []
     assert os.listdir(tmp_path) == []  # no .demo-data, no results/
     assert not ray.is_initialized()

@@ -102,6 +102,19 @@ def test_grid_sweep_rows_and_stage_reuse(tmp_path: Path, demo_dir: Path) -> None
     keys = df.groupby("param.sr.mix_prob").cyclegan_key.unique()
     assert df[df["param.sr.mix_prob"] == 0.0].cyclegan_key.isna().all()
     assert set(keys[0.5]) == set(keys[1.0]) == {cyclegans[0].name.split("-", 1)[1]}
+    # every row says where its non-bicubic LR came from and how good that degradation stage was
+    # (typed via read_results: the p = 0 files hold these columns as all-null)
+    from csrgan.results import read_results
+
+    typed = read_results(storage / "grid")
+    assert (typed["param.sr.lr_source"] == "cyclegan").all()
+    p0, pos = typed[typed["param.sr.mix_prob"] == 0.0], typed[typed["param.sr.mix_prob"] > 0]
+    assert p0.lr_source_id.isna().all() and p0.degradation_verdict.isna().all()
+    assert (pos.lr_source_id == "cyclegan-" + pos.cyclegan_key).all()
+    verdict = json.loads((cyclegans[0] / "stage.json").read_text())["quality"]["verdict"]
+    assert (pos.degradation_verdict == verdict).all() and verdict in ("ok", "poor")
+    assert (pos.degradation_accepted_poor == (verdict == "poor")).all()  # tiny: cyclegan.accept_poor
+    assert pos.degradation_lowfreq_psnr.notna().all() and pos.degradation_hf_w1_ratio.notna().all()
     pretrains = sorted(stages.glob("pretrain-*"))
     assert len(pretrains) == 3  # pre-training depends on p (the LR source), so one per p
     mtimes = {p: (p / "stage.json").stat().st_mtime for p in [*cyclegans, *pretrains]}

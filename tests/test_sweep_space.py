@@ -3,7 +3,10 @@
 * grid: every combination, in ``itertools.product`` order of the parameters as written, seeds inner;
 * random: ``num_samples`` configurations drawn with ``sampler_seed`` (same file -> same trials), values
   inside their ranges (``log_uniform`` uniform in log space, ``int_uniform`` inclusive), seeds inner;
-* optuna: a define-by-run space calling Optuna's ``suggest_*`` API;
+* arms: explicit configurations; every grid combination (or random sample) × every arm, ``{**combo,
+  **arm}`` (an arm's key overrides the grid's), exact duplicates dropped (first kept), seeds inner; the
+  searched names (the rows' ``param.*`` columns) are the grid's keys, then the arms', first seen first;
+* optuna: a define-by-run space calling Optuna's ``suggest_*`` API (no arms);
 * a trial's config is the base with its parameters and seed applied, validated again.
 """
 
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
+from pydantic import ValidationError
 
 from csrgan.config import ExperimentConfig, SearchConfig, validate_config
 from csrgan.sweep.space import TrialSpec, expand_trials, optuna_space, trial_config
@@ -56,6 +60,129 @@ def test_grid_without_parameters_runs_the_base_once_per_seed() -> None:
 def test_grid_expansion_is_deterministic() -> None:
     s = search(parameters={"sr.mix_prob": {"values": [0.0, 1.0]}}, seeds=[0, 1])
     assert expand_trials(s) == expand_trials(s)
+
+
+# ---------------------------------------------------------------------------------------------- arms
+ARMS = [
+    {"sr.mix_prob": 0.0},
+    {"sr.gan.adv_weight": 1e-2, "sr.mix_prob": 0.5},
+    {"sr.mix_prob": 1.0},
+]
+
+
+def test_arms_alone_run_in_the_order_listed_with_seeds_inner() -> None:
+    trials = expand_trials(search(arms=ARMS, seeds=[0, 1]))
+    assert trials == [TrialSpec(arm, seed) for arm in ARMS for seed in (0, 1)]
+
+
+def test_every_grid_combination_is_combined_with_every_arm() -> None:
+    s = search(
+        parameters={"sr.gan.lr": {"values": [1e-4, 1e-3]}},
+        arms=[{"sr.mix_prob": 0.0}, {"sr.mix_prob": 1.0}],
+        seeds=[0, 1],
+    )
+    assert [(t.params, t.seed) for t in expand_trials(s)] == [
+        ({"sr.gan.lr": lr, "sr.mix_prob": p}, seed)
+        for lr in (1e-4, 1e-3)  # grid outer
+        for p in (0.0, 1.0)  # arms inner
+        for seed in (0, 1)  # seeds innermost
+    ]
+
+
+def test_an_arm_key_overrides_the_grid_value() -> None:
+    s = search(
+        parameters={"sr.mix_prob": {"values": [0.5, 1.0]}, "sr.gan.lr": {"values": [1e-4]}},
+        arms=[{"sr.mix_prob": 0.0}, {"sr.gan.adv_weight": 1e-2}],
+    )
+    assert [t.params for t in expand_trials(s)] == [
+        {"sr.mix_prob": 0.0, "sr.gan.lr": 1e-4},  # p = 0.5 overridden by the first arm
+        {"sr.mix_prob": 0.5, "sr.gan.lr": 1e-4, "sr.gan.adv_weight": 1e-2},
+        # p = 1.0 with the first arm is again {p: 0, lr: 1e-4}: a duplicate, dropped
+        {"sr.mix_prob": 1.0, "sr.gan.lr": 1e-4, "sr.gan.adv_weight": 1e-2},
+    ]
+
+
+def test_duplicate_configurations_run_once_first_kept() -> None:
+    s = search(
+        arms=[
+            {"sr.mix_prob": 0.0},
+            {"sr.gan.adv_weight": 1e-2, "sr.mix_prob": 0.5},
+            {"sr.mix_prob": 0.0},  # exact duplicate of the first
+            {"sr.mix_prob": 0.5, "sr.gan.adv_weight": 1e-2},  # the second, keys in another order
+            {"sr.mix_prob": 0.5},  # not a duplicate: sets fewer keys
+        ],
+        seeds=[0, 1],
+    )
+    assert [(t.params, t.seed) for t in expand_trials(s)] == [
+        (p, seed)
+        for p in ({"sr.mix_prob": 0.0}, {"sr.gan.adv_weight": 1e-2, "sr.mix_prob": 0.5}, {"sr.mix_prob": 0.5})
+        for seed in (0, 1)
+    ]
+    # list values cannot be hashed; they are compared
+    listed = search(arms=[{"eval.metrics": ["psnr"]}, {"eval.metrics": ["psnr"]}, {"eval.metrics": ["ssim"]}])
+    assert [t.params for t in expand_trials(listed)] == [
+        {"eval.metrics": ["psnr"]},
+        {"eval.metrics": ["ssim"]},
+    ]
+
+
+def test_random_combines_every_sample_with_every_arm() -> None:
+    params = {"sr.gan.lr": {"log_uniform": [1e-5, 1e-3]}}
+    samples = expand_trials(search("random", params, num_samples=3, sampler_seed=5))
+    s = search("random", params, num_samples=3, sampler_seed=5, arms=ARMS, seeds=[0, 1])
+    assert [(t.params, t.seed) for t in expand_trials(s)] == [
+        ({**sample.params, **arm}, seed) for sample in samples for arm in ARMS for seed in (0, 1)
+    ]  # the same draws as without arms
+
+
+def test_arms_must_be_non_empty_mappings() -> None:
+    with pytest.raises(ValidationError, match=r"search\.arms\[1\] is empty"):
+        search(arms=[{"sr.mix_prob": 0.0}, {}])
+    with pytest.raises(ValidationError, match="valid dictionary"):
+        search(arms=[0.5])
+
+
+def test_optuna_takes_no_arms() -> None:
+    with pytest.raises(ValidationError, match=r"optuna does not take search\.arms"):
+        search("optuna", {"sr.mix_prob": {"uniform": [0.0, 1.0]}}, arms=[{"sr.gan.lr": 1e-4}])
+
+
+def test_param_names_are_the_grid_keys_then_the_arm_keys_first_seen_first() -> None:
+    s = search(
+        parameters={"sr.gan.lr": {"values": [1e-4]}, "sr.mix_prob": {"values": [0.5]}},
+        arms=[{"sr.mix_prob": 0.0}, {"sr.gan.adv_weight": 1e-2, "sr.gan.lr": 1e-3}, {"sr.pretrain.iters": 2}],
+    )
+    names = ("sr.gan.lr", "sr.mix_prob", "sr.gan.adv_weight", "sr.pretrain.iters")
+    assert s.param_names() == names
+    assert search(parameters={"sr.mix_prob": {"values": [0.5]}}).param_names() == ("sr.mix_prob",)
+    assert search().param_names() == ()
+
+
+def test_rows_record_every_searched_key(base: ExperimentConfig) -> None:
+    """The driver hands the trials every searched key (the rows' ``param.*`` columns): a trial whose arm
+    does not set one records its config's value (the base's)."""
+    from csrgan.sweep.driver import _param_names
+    from csrgan.sweep.trial import _param_view
+
+    assert base.search is not None
+    cfg = base.model_copy(
+        update={
+            "search": base.search.model_copy(update={"arms": [{"sr.gan.lr": 1e-3}, {"sr.pretrain.iters": 2}]})
+        }
+    )
+    names = _param_names(cfg)
+    assert names == ("sr.mix_prob", "sr.gan.adv_weight", "sr.gan.lr", "sr.pretrain.iters")
+    trial = trial_config(
+        cfg, TrialSpec({"sr.mix_prob": 0.0, "sr.gan.adv_weight": 1e-2, "sr.gan.lr": 1e-3}, 0)
+    )
+    view = _param_view(trial, names)
+    assert view["sr"]["gan"]["lr"] == 1e-3
+    assert view["sr"]["pretrain"]["iters"] == base.sr.pretrain.iters  # not set by this arm: the base value
+
+
+def test_trial_config_applies_a_whole_arm(base: ExperimentConfig) -> None:
+    cfg = trial_config(base, TrialSpec({"sr.mix_prob": 0.0, "sr.gan.lr": 1e-3}, seed=3))
+    assert (cfg.sr.mix_prob, cfg.sr.gan.lr, cfg.seed) == (0.0, 1e-3, 3)
 
 
 # -------------------------------------------------------------------------------------------- random

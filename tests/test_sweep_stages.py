@@ -275,6 +275,15 @@ def test_a_trial_shares_the_cyclegan_only_when_p_positive(tmp_path: Path) -> Non
     assert shared_stages(cfg(tmp_path, mix_prob=1.0)) == ("cyclegan", "pretrain")
 
 
+def test_a_trial_shares_the_degradation_stage_only_when_it_reads_it(tmp_path: Path) -> None:
+    """``sr.lr_source`` pipeline or paired never needs the learned degradation, whatever p is."""
+    assert shared_stages(cfg(tmp_path, lr_source="pipeline")) == ("pretrain",)
+    paired = cfg(tmp_path).model_dump(mode="json")
+    paired["data"]["train_lr"] = str(tmp_path / "lr")
+    paired["sr"]["lr_source"] = "paired"
+    assert shared_stages(validate_config(paired)) == ("pretrain",)
+
+
 def test_a_trial_shares_pretraining_only_when_it_has_iterations(tmp_path: Path) -> None:
     assert "pretrain" in shared_stages(cfg(tmp_path))
     assert shared_stages(cfg(tmp_path, pretrain={"iters": 0})) == ("cyclegan",)

@@ -36,8 +36,9 @@ from csrgan.train.keys import cyclegan_key
 from csrgan.train.launch import final_of
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_GENERATOR = {"ngf": 8, "n_blocks": 1}
-TINY_DISCRIMINATOR = {"ndf": 8, "n_layers": 2}
+# junyanz's networks (the defaults are the frequency-separation learner's residual G and DSGAN critic)
+TINY_GENERATOR = {"type": "resnet", "ngf": 8, "n_blocks": 1}
+TINY_DISCRIMINATOR = {"type": "patchgan", "ndf": 8, "n_layers": 2}
 SCALE = 4
 
 
@@ -84,6 +85,7 @@ def make_cfg(folders: Mapping[str, Path], test_sets: bool = False, **cyclegan: A
         else []
     )
     cg = {
+        "learner": "cyclegan",
         "generator": TINY_GENERATOR,
         "discriminator": TINY_DISCRIMINATOR,
         "patch_size": 24,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +14,12 @@ from skimage import data as skdata
 from torch import nn
 
 from csrgan.config import ExperimentConfig, validate_config
+from csrgan.data.datasets import PairedPatchDataset
 from csrgan.data.io import write_image
 from csrgan.models.artifacts import load_generator, read_generator
 from csrgan.train.checkpoint import load_state
 from csrgan.train.context import LocalContext
-from csrgan.train.srgan import LRSource, SRStep, generator_spec, train_sr
+from csrgan.train.srgan import SRStep, generator_spec, train_sr
 
 SCALE = 4
 
@@ -33,7 +33,11 @@ def make_images(root: Path) -> dict[str, Path]:
             root / "train" / f"{i}.png", np.ascontiguousarray(astro[100 + 64 * i : 164 + 64 * i, 150:214])
         )
     write_image(root / "test" / "cat.png", np.ascontiguousarray(cat[50:114, 100:164]))
-    return {"train": root / "train", "test": root / "test"}
+    for i in range(2):  # an unpaired "real" LR domain for the degradation stage (noisy 24 px crops)
+        crop = cat[200 + 24 * i : 224 + 24 * i, 200:224].astype(float)
+        noisy = crop + np.random.default_rng(i).normal(0, 8, crop.shape)
+        write_image(root / "real" / f"r{i}.png", np.clip(noisy, 0, 255).round().astype(np.uint8))
+    return {"train": root / "train", "test": root / "test", "real": root / "real"}
 
 
 def tiny_config(dirs: dict[str, Path], **sr: Any) -> ExperimentConfig:
@@ -41,7 +45,12 @@ def tiny_config(dirs: dict[str, Path], **sr: Any) -> ExperimentConfig:
     raw: dict[str, Any] = {
         "name": "tiny",
         "seed": 0,
-        "data": {"train_hr": str(dirs["train"]), "scale": SCALE, "test_sets": []},
+        "data": {
+            "train_hr": str(dirs["train"]),
+            "real_lr": str(dirs["real"]),
+            "scale": SCALE,
+            "test_sets": [],
+        },
         "sr": {
             "generator": {"channels": 8, "n_blocks": 1},
             "discriminator": {"channels": 8},
@@ -75,82 +84,122 @@ def with_test_set(cfg: ExperimentConfig, dirs: dict[str, Path]) -> ExperimentCon
     return validate_config(raw)
 
 
-# ------------------------------------------------------------------------------------------ LRSource
-class CountingG:
-    """A CycleGAN G stand-in: counts calls and samples, darkens its input by a known amount."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.samples = 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        assert not torch.is_grad_enabled(), "G must run under no_grad"
-        self.calls += 1
-        self.samples += x.shape[0]
-        return x - 0.1001
+# --------------------------------------------------------------------------------------- LR mixing
+# The per-sample choice of the training LR lives in the dataset (PairedPatchDataset(alt=..., mix_prob=p)):
+# bicubic LR, or w.p. p the alternative source's LR at the same position and with the same flips.
+def _u8(t: torch.Tensor) -> torch.Tensor:
+    return (t * 255).round().to(torch.uint8)
 
 
-def forbidden_g(x: torch.Tensor) -> torch.Tensor:
-    raise AssertionError("G must not be called when mix_prob == 0")
+class HalvingAlt:
+    """An AltLR stand-in: records its calls and returns the bicubic LR patch at (top, left) halved."""
+
+    id = "halving"
+
+    def __init__(self, bicubic: PairedPatchDataset) -> None:
+        self.bicubic = bicubic
+        self.calls: list[tuple[int, int, int, int]] = []
+
+    def patch(
+        self, k: int, top: int, left: int, side: int, hr_patch: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        assert hr_patch.shape == (side * SCALE, side * SCALE, 3)  # the aligned HR patch, before flips
+        self.calls.append((k, top, left, side))
+        return self.bicubic.pair(k)[0][top : top + side, left : left + side] // 2
 
 
-def test_p0_never_calls_g() -> None:
-    src = LRSource(0.0, forbidden_g, seed=0, rank=0)
-    lr = torch.rand(8, 3, 6, 6)
-    for _ in range(50):
-        out, mask = src(lr)
-        assert not mask.any() and out is lr
+class ForbiddenAlt:
+    id = "forbidden"
+
+    def patch(self, *args: Any) -> np.ndarray:
+        raise AssertionError("the alternative LR must not be used when mix_prob == 0")
 
 
-def test_p1_always_uses_g_on_every_sample() -> None:
-    g = CountingG()
-    src = LRSource(1.0, g, seed=0, rank=0)
-    lr = torch.full((8, 3, 6, 6), 0.5)
-    for _ in range(10):
-        out, mask = src(lr)
-        assert mask.all()
-    assert g.calls == 10 and g.samples == 80  # batched: one call per batch
-    # G's output is rounded to the uint8 grid (like every real LR image)
-    assert torch.equal(out, torch.full_like(lr, round((0.5 - 0.1001) * 255) / 255))
-    assert torch.equal(lr, torch.full_like(lr, 0.5)), "the input batch is not modified"
+def _patches(dirs: dict[str, Path], length: int = 64, seed: int = 0, **kw: Any) -> PairedPatchDataset:
+    return PairedPatchDataset(
+        dirs["train"], scale=SCALE, patch_size=32, cache=True, length=length, seed=seed, **kw
+    )
 
 
-def test_p_half_is_a_fair_per_sample_coin_and_g_sees_only_the_chosen() -> None:
-    g = CountingG()
-    src = LRSource(0.5, g, seed=3, rank=0)
-    lr = torch.rand(16, 3, 4, 4)
+def test_p0_never_uses_the_alternative_lr(dirs: dict[str, Path]) -> None:
+    plain, ds = _patches(dirs), _patches(dirs, alt=ForbiddenAlt(), mix_prob=0.0)
+    for epoch in range(3):
+        plain.set_epoch(epoch)
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            item, ref = ds[i], plain[i]
+            assert item["alt"] is False and ref["alt"] is False
+            assert torch.equal(item["lr"], ref["lr"]) and torch.equal(item["hr"], ref["hr"])
+
+
+def test_p1_uses_the_alternative_for_every_sample_at_the_same_position_and_flips(
+    dirs: dict[str, Path],
+) -> None:
+    plain = _patches(dirs)
+    alt = HalvingAlt(plain)
+    ds = _patches(dirs, alt=alt, mix_prob=1.0)
+    for epoch in range(3):
+        plain.set_epoch(epoch)
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            item, ref = ds[i], plain[i]
+            assert item["alt"] is True
+            assert torch.equal(item["hr"], ref["hr"])  # the HR patch does not depend on p
+            assert torch.equal(_u8(item["lr"]), _u8(ref["lr"]) // 2)  # same crop, same flips, alt's pixels
+    assert len(alt.calls) == 3 * len(ds)
+
+
+def test_p_half_is_a_fair_per_sample_coin_and_alt_sees_only_the_chosen(dirs: dict[str, Path]) -> None:
+    plain = _patches(dirs, length=4000, seed=3)
+    alt = HalvingAlt(plain)
+    ds = _patches(dirs, length=4000, seed=3, alt=alt, mix_prob=0.5)
     chosen = 0
-    for _ in range(250):
-        out, mask = src(lr)
-        chosen += int(mask.sum())
-        assert torch.equal(out[~mask], lr[~mask])
-        assert not torch.equal(out[mask], lr[mask]) or not mask.any()
-    assert g.samples == chosen
+    for i in range(len(ds)):
+        item, ref = ds[i], plain[i]
+        chosen += item["alt"]
+        want = _u8(ref["lr"]) // 2 if item["alt"] else _u8(ref["lr"])
+        assert torch.equal(_u8(item["lr"]), want)
+    assert len(alt.calls) == chosen
     # 4000 draws: sd of the fraction is 0.0079 -> +-0.03 is ~4 sd
     assert abs(chosen / 4000 - 0.5) < 0.03
 
 
-def test_draws_are_seeded_per_rank_and_restored_exactly() -> None:
-    a, b = LRSource(0.5, CountingG(), seed=7, rank=0), LRSource(0.5, CountingG(), seed=7, rank=0)
-    other_rank = LRSource(0.5, CountingG(), seed=7, rank=1)
-    assert torch.equal(a.draw(64), b.draw(64))
-    assert not torch.equal(a.draw(64), other_rank.draw(64))
-    saved = a.state_dict()
-    expected = a.draw(100)
-    fresh = LRSource(0.5, CountingG(), seed=99, rank=5)  # whatever it was seeded with
-    fresh.load_state_dict(saved)
-    assert torch.equal(fresh.draw(100), expected)
+def test_draws_depend_only_on_seed_epoch_and_index(dirs: dict[str, Path]) -> None:
+    def draws(ds: PairedPatchDataset, order: range | list[int]) -> dict[int, tuple[bool, torch.Tensor]]:
+        return {i: (ds[i]["alt"], ds[i]["lr"]) for i in order}
+
+    plain = _patches(dirs, length=200, seed=7)
+    make = lambda seed: _patches(dirs, length=200, seed=seed, alt=HalvingAlt(plain), mix_prob=0.5)  # noqa: E731
+    a, b = make(7), make(7)
+    first = draws(a, range(200))
+    again = draws(b, list(reversed(range(200))))  # any access order, any history: the same samples
+    assert all(first[i][0] == again[i][0] and torch.equal(first[i][1], again[i][1]) for i in range(200))
+    mask = [first[i][0] for i in range(200)]
+    b.set_epoch(1)
+    assert [b[i]["alt"] for i in range(200)] != mask, "another epoch draws again"
+    b.set_epoch(0)
+    assert [b[i]["alt"] for i in range(200)] == mask, "and epoch 0 is epoch 0 again"
+    assert [make(8)[i]["alt"] for i in range(200)] != mask, "another seed draws differently"
 
 
-def test_draws_are_coupled_across_p() -> None:
-    """Same seed, larger p: the G-samples of the smaller p are a subset (cleaner p ablations)."""
-    low, high = LRSource(0.3, CountingG(), 0, 0).draw(500), LRSource(0.6, CountingG(), 0, 0).draw(500)
-    assert bool((low & ~high).sum() == 0) and high.sum() > low.sum()
+def test_draws_are_coupled_across_p(dirs: dict[str, Path]) -> None:
+    """Same seed, larger p: the alt samples of the smaller p are a subset (cleaner p ablations), and the
+    crops and flips do not depend on p at all."""
+    plain = _patches(dirs, length=500)
+    low = _patches(dirs, length=500, alt=HalvingAlt(plain), mix_prob=0.3)
+    high = _patches(dirs, length=500, alt=HalvingAlt(plain), mix_prob=0.6)
+    lo, hi = [low[i] for i in range(500)], [high[i] for i in range(500)]
+    lo_mask = np.array([x["alt"] for x in lo])
+    hi_mask = np.array([x["alt"] for x in hi])
+    assert not (lo_mask & ~hi_mask).any() and hi_mask.sum() > lo_mask.sum()
+    assert all(torch.equal(x["hr"], y["hr"]) for x, y in zip(lo, hi, strict=True))
 
 
-def test_lr_source_needs_g_when_p_positive() -> None:
-    with pytest.raises(ValueError, match="needs the CycleGAN generator"):
-        LRSource(0.2, None, 0, 0)
+def test_mixing_needs_an_alternative_when_p_positive(dirs: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="needs an alternative LR source"):
+        _patches(dirs, mix_prob=0.2)
+    with pytest.raises(ValueError, match=r"mix_prob must be in \[0, 1\]"):
+        _patches(dirs, alt=ForbiddenAlt(), mix_prob=1.5)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -267,10 +316,18 @@ def test_init_from_must_match_the_model(dirs: dict[str, Path], tmp_path: Path) -
 
 
 def test_mix_prob_and_cyclegan_generator_must_agree(dirs: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="CycleGAN generator"):
+    with pytest.raises(
+        ValueError, match=r"lr_source 'cyclegan': the degradation stage \(cyclegan_g\) is required"
+    ):
         train_sr(tiny_config(dirs, mix_prob=0.5), LocalContext(tmp_path), "pretrain")
-    with pytest.raises(ValueError, match="mix_prob is 0"):
+    with pytest.raises(
+        ValueError, match="mix_prob=0, sr.lr_source='cyclegan' does not use the degradation stage"
+    ):
         train_sr(tiny_config(dirs), LocalContext(tmp_path), "pretrain", cyclegan_g=tmp_path)
+    pipe = tiny_config(dirs, mix_prob=1.0, lr_source="pipeline")
+    with pytest.raises(ValueError, match="sr.lr_source='pipeline' does not use the degradation stage"):
+        train_sr(pipe, LocalContext(tmp_path), "pretrain", cyclegan_g=tmp_path)
+    assert not (tmp_path / "final").exists()
 
 
 def test_gan_phase_needs_patches_divisible_by_16(dirs: dict[str, Path], tmp_path: Path) -> None:
@@ -278,25 +335,63 @@ def test_gan_phase_needs_patches_divisible_by_16(dirs: dict[str, Path], tmp_path
         train_sr(tiny_config(dirs, patch_size=24), LocalContext(tmp_path), "gan")
 
 
-def test_training_with_p1_feeds_every_sample_through_the_cyclegan(
+def _degradation_cfg(dirs: dict[str, Path], **sr: Any) -> ExperimentConfig:
+    """``tiny_config`` with a tiny residual degradation G (frequency-separation learner)."""
+    raw = tiny_config(dirs, **sr).model_dump(mode="json")
+    raw["cyclegan"].update(
+        generator={"type": "residual", "nf": 4, "n_blocks": 1, "noise_channels": 1},
+        discriminator={"type": "dsgan", "ndf": 4},
+        iters=2, batch_size=1, patch_size=8, cache_variants=2, eval_every=1000, checkpoint_every=1000,
+    )  # fmt: skip
+    return validate_config(raw)
+
+
+def test_training_with_p1_reads_every_lr_from_the_stage_cache_and_never_runs_g(
     dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import csrgan.train.srgan as sr_module
+    """A hand-made degradation artefact whose cached LR is the bicubic LR halved: every LR the SR network
+    sees at p = 1 is one of those (<= 127/255), and G itself is never run by the SR stage."""
+    from csrgan.models.artifacts import save_generator
+    from csrgan.models.dsgan import ResidualDegradationGenerator
+    from csrgan.train import degradation as deg
 
-    loaded: list[tuple[Path, str, Any]] = []
-    g = CountingG()
+    cfg = _degradation_cfg(dirs, mix_prob=1.0, pretrain={"iters": 5})
+    final = tmp_path / "cg" / "final"
+    torch.manual_seed(0)
+    save_generator(
+        final, ResidualDegradationGenerator(nf=4, n_blocks=1, noise_channels=1), deg.generator_spec(cfg)
+    )
+    bicubic = PairedPatchDataset(dirs["train"], scale=SCALE, patch_size=32)
+    for k, hr in enumerate(sorted(dirs["train"].iterdir())):
+        write_image(final / "lr" / "0" / hr.name, bicubic.pair(k)[0] // 2)
 
-    def fake_load_generator(
-        path: Path, role: str, device: Any = "cpu", scale: int | None = None
-    ) -> Callable[..., Any]:
-        loaded.append((Path(path), role, scale))
-        return g
+    def no_g(*a: Any, **k: Any) -> torch.Tensor:
+        raise AssertionError("the SR stage must not run the degradation G")
 
-    monkeypatch.setattr(sr_module, "load_generator", fake_load_generator)
-    cfg = tiny_config(dirs, mix_prob=1.0, pretrain={"iters": 5})
-    final = train_sr(cfg, LocalContext(tmp_path), "pretrain", cyclegan_g=tmp_path / "cg")
-    assert loaded == [(tmp_path / "cg", "degradation", SCALE)]
-    assert g.samples == 5 * 2 and final["mix/g_fraction"] == 1.0
+    monkeypatch.setattr(ResidualDegradationGenerator, "forward", no_g)
+    seen: list[torch.Tensor] = []
+    original = SRStep.__call__
+
+    def spy(self: SRStep, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, torch.Tensor]:
+        seen.append(lr.clone())
+        return original(self, lr, hr)
+
+    monkeypatch.setattr(SRStep, "__call__", spy)
+    result = train_sr(cfg, LocalContext(tmp_path / "run"), "pretrain", cyclegan_g=final)
+    assert result["mix/g_fraction"] == 1.0 and len(seen) == 5
+    assert all(float(lr.max()) <= 127 / 255 + 1e-6 for lr in seen)
+    assert max(float(bicubic[i]["lr"].max()) for i in range(4)) > 0.6  # bicubic LR would not pass that
+
+    with pytest.raises(FileNotFoundError, match=r"no cached real-like LR"):  # an artefact without lr/
+        (tmp_path / "bare").mkdir()
+        for name in ("generator.pt", "generator.json"):
+            (tmp_path / "bare" / name).write_bytes((final / name).read_bytes())
+        train_sr(cfg, LocalContext(tmp_path / "run2"), "pretrain", cyclegan_g=tmp_path / "bare")
+    x2 = validate_config(
+        {**cfg.model_dump(mode="json"), "data": {**cfg.data.model_dump(mode="json"), "scale": 2}}
+    )
+    with pytest.raises(ValueError, match=r"trained for x4, not x2"):  # a degradation of another scale
+        train_sr(x2, LocalContext(tmp_path / "run3"), "pretrain", cyclegan_g=final)
 
 
 def test_amp_on_cpu_is_an_error_not_a_silent_fallback(dirs: dict[str, Path], tmp_path: Path) -> None:
@@ -417,19 +512,17 @@ def test_sr_step_bf16_autocast_path_runs() -> None:
     assert all(p.dtype == torch.float32 for p in G.parameters())  # master weights stay fp32
 
 
-def test_training_with_a_real_cyclegan_artefact(dirs: dict[str, Path], tmp_path: Path) -> None:
-    """Integration with the CycleGAN stage's final/ artefact (csrgan.models.artifacts.save_generator with
-    csrgan.train.cyclegan.generator_spec)."""
-    from csrgan.models.artifacts import save_generator
-    from csrgan.models.cyclegan import ResnetGenerator
-    from csrgan.train import cyclegan as cg
+def test_training_with_a_real_degradation_stage(dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Integration with the degradation stage's final/ (the real frequency-separation stage at tiny
+    size: G, and its cached G(bicubic LR) in cache_variants folders)."""
+    from csrgan.train.dsgan import train_dsgan
 
-    raw = tiny_config(dirs, mix_prob=0.5, pretrain={"iters": 6}, eval_every=3).model_dump(mode="json")
-    raw["cyclegan"]["generator"] = {"ngf": 8, "n_blocks": 1}
-    cfg = validate_config(raw)
-    torch.manual_seed(0)
-    save_generator(tmp_path / "cg", ResnetGenerator(ngf=8, n_blocks=1), cg.generator_spec(cfg))
+    cfg = _degradation_cfg(dirs, mix_prob=0.5, pretrain={"iters": 6}, eval_every=3)
+    stage = LocalContext(tmp_path / "cg")
+    train_dsgan(cfg, stage)
+    final = stage.out_dir / "final"
+    assert sorted(p.name for p in (final / "lr").iterdir()) == ["0", "1"]
     ctx = LocalContext(tmp_path / "run")
-    train_sr(cfg, ctx, "pretrain", cyclegan_g=tmp_path / "cg")
+    train_sr(cfg, ctx, "pretrain", cyclegan_g=final)
     fractions = [r["mix/g_fraction"] for r in ctx.reports]  # 6 samples per report
     assert 0 < sum(fractions) / len(fractions) < 1, fractions

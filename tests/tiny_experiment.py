@@ -10,7 +10,8 @@ from typing import Any
 
 
 def tiny(name: str, storage: Path, demo: Path, **sections: Any) -> dict[str, Any]:
-    """A complete experiment dict: a 2-trial grid over ``sr.mix_prob`` in {0, 1}, 10 GAN steps each.
+    """A complete experiment dict: a 2-trial grid over ``sr.mix_prob`` in {0, 1}, 10 GAN steps each;
+    a 10-iteration degradation stage that the quality gate is told to accept (``accept_poor``).
 
     ``sections`` replace top-level sections; a dict given for a dict section is merged one level deep.
     """
@@ -18,9 +19,11 @@ def tiny(name: str, storage: Path, demo: Path, **sections: Any) -> dict[str, Any
         "name": name,
         "storage": str(storage),
         "data": {"demo": {"dir": str(demo), "seed": 0}},
-        "cyclegan": {
-            "generator": {"ngf": 8, "n_blocks": 1},
-            "discriminator": {"ndf": 8, "n_layers": 2},
+        "cyclegan": {  # the default learner (frequency separation), tiny
+            "generator": {"type": "residual", "nf": 8, "n_blocks": 1, "noise_channels": 1},
+            "discriminator": {"type": "dsgan", "ndf": 8},
+            "cache_variants": 2,
+            "accept_poor": True,  # 10 iterations learn no degradation; these tests are not about the gate
             "iters": 10,
             "batch_size": 2,
             "patch_size": 24,

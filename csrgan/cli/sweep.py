@@ -84,6 +84,35 @@ def sweep(
         raise typer.Exit(EXIT_INCOMPLETE)
 
 
+def _print_phase_table(cfg, df, by: list[str], phase: str) -> None:  # noqa: ANN001
+    """One phase's ablation table; with ``search.reference`` (and ``oracle``) each row's gain on the
+    search metric over the reference and its share of the oracle's gain, against the seed noise."""
+    from csrgan.results import format_summary, summarize
+    from csrgan.results.effects import SHARE_COLUMN, effects, find_row, gain_column, pooled_std
+
+    table = summarize(df, by=by, which="final", phase=phase)
+    s = cfg.search
+    col = s.metric.name
+    name = {"pretrain": "SRResNet pre-training", "gan": "SRGAN (GAN phase)"}[phase]
+    typer.echo(f"\nAblation ({cfg.name}), {name}: final step per trial, mean ± std over seeds\n")
+    if s.reference is not None and f"{col} mean" in table.columns:
+        table = effects(table, col, s.reference, s.oracle)
+        for name in (gain_column(col), SHARE_COLUMN):
+            table[name] = table[name].round(2)
+        typer.echo(format_summary(table, "markdown"))
+        sigma = pooled_std(table, col)
+        orc = find_row(table, s.oracle) if s.oracle else None
+        if orc is not None:
+            gain = float(table.at[orc, gain_column(col)])
+            typer.echo(
+                f"{col}: the oracle {s.oracle} gains {gain:+.2f} over the reference {s.reference}; pooled "
+                f"seed std {sigma:.2f} ({'more' if gain > 2 * sigma else 'NOT more'} than twice the noise). "
+                "share = gain / oracle gain."
+            )
+        return
+    typer.echo(format_summary(table, "markdown"))
+
+
 def _set_args(items: list[str] | None) -> list[str]:
     return [x for item in (items or []) for x in ("--set", item)]
 
@@ -105,20 +134,19 @@ def _print_plan(cfg) -> None:  # noqa: ANN001
 
 
 def _print_summary(cfg, results_dir: Path) -> None:  # noqa: ANN001
-    from csrgan.results import format_summary, read_results, summarize
+    from csrgan.results import read_results
 
     try:
         df = read_results(results_dir)
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"no results to summarise: {exc}", err=True)
         return
-    by = list(cfg.search.parameters) if cfg.search and cfg.search.parameters else []
+    by = list(cfg.search.param_names()) if cfg.search else []
     if not by:
         typer.echo(df.to_string())
         return
-    table = summarize(df, by=by, which="final")
-    typer.echo(f"\nAblation ({cfg.name}): final step per trial, mean ± std over seeds\n")
-    typer.echo(format_summary(table, "markdown"))
+    for phase in [p for p in ("pretrain", "gan") if p in set(df["phase"])]:
+        _print_phase_table(cfg, df, by, phase)
     typer.echo(
         "\nNote: short CPU runs move PSNR by tenths of a dB, close to seed noise: "
         "read the spread, not the order."

@@ -167,11 +167,21 @@ def cyclegan(
     address: AddressOpt = None,
     num_cpus: NumCpusOpt = None,
 ) -> None:
-    """Stage 1: train the CycleGAN G: bicubic LR -> real LR into OUT/cyclegan (resumes if interrupted)."""
+    """Stage 1: learn the degradation G: bicubic LR -> real LR into OUT/cyclegan (resumes if interrupted)."""
+    from csrgan.train.degradation import judge_stage
     from csrgan.train.pipeline import train_cyclegan_stage
 
     cfg, opts = _prepare(config, sets, workers, gpus, out, local, address, num_cpus)
-    _summarise(_run(train_cyclegan_stage, cfg, opts))
+    results = _run(train_cyclegan_stage, cfg, opts)
+    _summarise(results)
+    if results and results[-1].final:
+        q = judge_stage(results[-1].final, cfg)
+        typer.echo(f"  quality gate: {q['verdict'].upper()}" + "".join(f"\n    - {r}" for r in q["reasons"]))
+        if q["verdict"] == "poor":
+            typer.echo(
+                "  the SR stages refuse this stage unless cyclegan.accept_poor is true (docs/degradation.md)",
+                err=True,
+            )
 
 
 @app.command("srgan")
@@ -198,25 +208,31 @@ def srgan(
     num_cpus: NumCpusOpt = None,
 ) -> None:
     """Stage 2: SRResNet pre-training (OUT/pretrain) and/or SRGAN (OUT/gan) (resumes if interrupted)."""
+    from csrgan.train.degradation import PoorStageError, judge_stage, require_usable
     from csrgan.train.pipeline import find_artifact, train_srgan_stages
 
     if phase not in ("pretrain", "gan", "both"):
         fail(f"--phase: {phase!r} is not pretrain, gan or both", EXIT_CONFIG)
     cfg, opts = _prepare(config, sets, workers, gpus, out, local, address, num_cpus)
     # Inputs that must exist are checked here, before any worker starts.
-    if cfg.sr.mix_prob > 0:
+    if cfg.sr.uses_degradation_stage():
         if cyclegan is None:
             fail(
-                f"sr.mix_prob is {cfg.sr.mix_prob} > 0: pass --cyclegan DIR (the output of "
-                "`csrgan train cyclegan`), or --set sr.mix_prob=0 for plain SRGAN",
+                f"sr.mix_prob is {cfg.sr.mix_prob} > 0 with sr.lr_source cyclegan: pass --cyclegan DIR (the "
+                "output of `csrgan train cyclegan`), or --set sr.mix_prob=0 for plain SRGAN",
                 EXIT_CONFIG,
             )
         try:
-            find_artifact(cyclegan, "cyclegan")
-        except FileNotFoundError as exc:
+            final = find_artifact(cyclegan, "cyclegan")
+            require_usable(judge_stage(final, cfg), final)
+        except (FileNotFoundError, PoorStageError) as exc:
             fail(str(exc), EXIT_CONFIG)
     elif cyclegan is not None:
-        fail("--cyclegan given but sr.mix_prob is 0 (plain SRGAN never uses it)", EXIT_CONFIG)
+        fail(
+            f"--cyclegan given, but sr.mix_prob={cfg.sr.mix_prob:g} with sr.lr_source={cfg.sr.lr_source} "
+            "never uses it",
+            EXIT_CONFIG,
+        )
     if phase == "gan" and cfg.sr.pretrain.iters > 0:
         try:
             find_artifact(init_from or opts.out / "pretrain", "pretrain")

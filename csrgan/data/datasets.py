@@ -18,20 +18,25 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from csrgan.data.degradations import DegradationPipeline, degrade_exact
 from csrgan.data.io import is_grayscale_file, list_images, read_image, to_tensor
 from csrgan.data.resize import imresize, modcrop
 
 __all__ = [
+    "AltLR",
+    "CachedLR",
     "DIV2K_SPLITS",
     "DIV2K_TRACKS",
     "DIV2KPaths",
     "ImageFolder",
     "PairedPatchDataset",
+    "PipelineLR",
     "TestSet",
     "UnpairedPatchDataset",
     "bicubic_lr",
@@ -174,13 +179,108 @@ class _SeededPatches(Dataset):
         return np.random.default_rng([self.seed, self.epoch, index])
 
 
+# Stream tags of the per-sample generators (beside the crop/flip stream ``[seed, epoch, index]``).
+_TAG_MIX, _TAG_ALT = 0x4D4958, 0x414C54  # "MIX", "ALT"
+
+
+class AltLR(Protocol):
+    """A second LR source for a paired patch (the report's "real-like" LR), used w.p. ``mix_prob``.
+
+    ``patch(k, top, left, side, hr_patch, rng, lr_shape)`` returns the uint8 LR patch ``(side, side, 3)``
+    of image ``k`` whose top-left LR pixel is ``(top, left)``; ``hr_patch`` is the aligned HR patch,
+    ``rng`` the sample's own stream, ``lr_shape`` the ``(h, w)`` of the image's whole LR (HR / scale).
+    ``id`` names the source (recorded with results).
+    """
+
+    id: str
+
+    def patch(
+        self,
+        k: int,
+        top: int,
+        left: int,
+        side: int,
+        hr_patch: np.ndarray,
+        rng: np.random.Generator,
+        lr_shape: tuple[int, int],
+    ) -> np.ndarray: ...
+
+
+class CachedLR:
+    """LR images made ahead of time, whole-image, one or more variants per HR image (same file stems).
+
+    ``dirs``: one folder per variant (e.g. ``final/lr/0``, ``final/lr/1`` of a degradation stage, or
+    ``data.train_lr``). A sample takes one variant (uniformly, from its own stream) and crops the patch
+    aligned with its HR patch, so what G did at the patch's borders saw the image's real context.
+    """
+
+    def __init__(self, dirs: Sequence[str | Path], hr_paths: Sequence[Path], scale: int, id: str) -> None:
+        if not dirs:
+            raise ValueError("CachedLR needs at least one LR folder")
+        self.id = id
+        self.scale = scale
+        self.paths = [match_lr_files(hr_paths, d, scale) for d in dirs]
+        self._images: dict[tuple[int, int], np.ndarray] = {}
+
+    def image(self, variant: int, k: int) -> np.ndarray:
+        key = (variant, k)
+        if key not in self._images:
+            self._images[key] = read_image(self.paths[variant][k])
+        return self._images[key]
+
+    def patch(
+        self,
+        k: int,
+        top: int,
+        left: int,
+        side: int,
+        hr_patch: np.ndarray,
+        rng: np.random.Generator,
+        lr_shape: tuple[int, int],
+    ) -> np.ndarray:
+        variant = int(rng.integers(len(self.paths)))
+        img = self.image(variant, k)
+        if tuple(img.shape[:2]) != tuple(lr_shape):
+            raise ValueError(
+                f"{self.paths[variant][k]}: LR is {img.shape[1]}x{img.shape[0]} (WxH) but its HR modcropped "
+                f"to x{self.scale} needs exactly {lr_shape[1]}x{lr_shape[0]} (HR / {self.scale})"
+            )
+        return img[top : top + side, left : left + side]
+
+
+class PipelineLR:
+    """A synthetic degradation applied on the fly to the HR patch (Real-ESRGAN style), seeded per sample."""
+
+    def __init__(self, pipeline: DegradationPipeline, scale: int) -> None:
+        self.pipeline, self.scale = pipeline, scale
+        self.id = f"pipeline-{pipeline.id}"
+
+    def patch(
+        self,
+        k: int,
+        top: int,
+        left: int,
+        side: int,
+        hr_patch: np.ndarray,
+        rng: np.random.Generator,
+        lr_shape: tuple[int, int],
+    ) -> np.ndarray:
+        return degrade_exact(self.pipeline, np.ascontiguousarray(hr_patch), self.scale, rng)[0]
+
+
 class PairedPatchDataset(_SeededPatches):
-    """Aligned random HR/LR training patches.
+    """Aligned random HR/LR training patches, optionally mixing in a second LR source per sample.
 
     ``patch_size`` is the HR side (a multiple of ``scale``); the LR patch is ``patch_size / scale`` at the
     aligned position. ``lr_dir=None``: LR = MATLAB bicubic of the modcropped HR. Sample ``i`` uses image
-    ``i % n_images``. Returns ``{"lr": (3, h, w), "hr": (3, H, W), "index": i}`` float32 in [0, 1].
-    ``cache=True`` keeps decoded (and, without ``lr_dir``, downscaled) pairs in memory.
+    ``i % n_images``. Returns ``{"lr": (3, h, w), "hr": (3, H, W), "index": i, "alt": bool}`` (float32
+    in [0, 1]). ``cache=True`` keeps decoded (and, without ``lr_dir``, downscaled) pairs in memory.
+
+    ``alt``/``mix_prob``: with probability ``mix_prob`` a sample's LR comes from ``alt`` (:class:`AltLR`)
+    instead, at the same position and with the same flips (``"alt": True``). The draw is one uniform
+    number per sample from its own stream ``[seed, epoch, index, MIX]``, taken whatever ``mix_prob`` is,
+    so runs that differ only in ``p`` are coupled (the alt samples of ``p = 0.3`` are a subset of those
+    of ``p = 0.5``), and the crops and flips do not depend on ``p`` at all.
     """
 
     def __init__(
@@ -193,6 +293,8 @@ class PairedPatchDataset(_SeededPatches):
         cache: bool = False,
         length: int | None = None,
         seed: int = 0,
+        alt: AltLR | None = None,
+        mix_prob: float = 0.0,
     ) -> None:
         if not isinstance(scale, int) or scale < 1:
             raise ValueError(f"scale must be a positive int, got {scale!r}")
@@ -200,6 +302,10 @@ class PairedPatchDataset(_SeededPatches):
             raise ValueError(
                 f"patch_size (HR) must be a positive multiple of scale {scale}, got {patch_size!r}"
             )
+        if not 0.0 <= mix_prob <= 1.0:
+            raise ValueError(f"mix_prob must be in [0, 1], got {mix_prob!r}")
+        if mix_prob > 0 and alt is None:
+            raise ValueError(f"mix_prob={mix_prob} > 0 needs an alternative LR source (alt)")
         self.hr_dir = Path(hr_dir)
         self.hr_paths = list_images(self.hr_dir)
         self.lr_dir = None if lr_dir is None else Path(lr_dir)
@@ -211,6 +317,7 @@ class PairedPatchDataset(_SeededPatches):
         self.patch_size = patch_size
         self.augment = augment
         self.cache = cache
+        self.alt, self.mix_prob = alt, float(mix_prob)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def pair(self, image_index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -223,7 +330,7 @@ class PairedPatchDataset(_SeededPatches):
             self._cache[image_index] = pair
         return pair
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int | bool]:
         rng = self._rng(index)
         k = index % self.n_images
         lr, hr = self.pair(k)
@@ -238,9 +345,16 @@ class PairedPatchDataset(_SeededPatches):
         s = self.scale
         lr_p = lr[top : top + lp, left : left + lp]
         hr_p = hr[top * s : (top + lp) * s, left * s : (left + lp) * s]
+        use_alt = bool(
+            np.random.default_rng([self.seed, self.epoch, index, _TAG_MIX]).random() < self.mix_prob
+        )
+        if use_alt:
+            assert self.alt is not None
+            alt_rng = np.random.default_rng([self.seed, self.epoch, index, _TAG_ALT])
+            lr_p = self.alt.patch(k, top, left, lp, hr_p, alt_rng, (h, w))
         if self.augment:
             lr_p, hr_p = _augment([lr_p, hr_p], rng)
-        return {"lr": to_tensor(lr_p)[0], "hr": to_tensor(hr_p)[0], "index": index}
+        return {"lr": to_tensor(lr_p)[0], "hr": to_tensor(hr_p)[0], "index": index, "alt": use_alt}
 
 
 class UnpairedPatchDataset(_SeededPatches):

@@ -73,6 +73,13 @@ _STORE_COLUMNS = ("sweep", "trial_id", "status")
 _REQUIRED = ("seed", "phase", "step", "test_set", "wall_s", "device_s", "config_hash", "protocol", "weights")
 _OPTIONAL = ("psnr", "ssim", "lpips", "git_commit", "created_at")  # absent -> null (created_at -> now)
 _ROW_KEY = ("phase", "step", "test_set")
+#: Extras csrgan itself writes that are not strings: their type when a trial has only nulls (e.g. the
+#: degradation stage's numbers in a p = 0 trial), so files of one sweep agree.
+KNOWN_EXTRA_TYPES: dict[str, pa.DataType] = {
+    "degradation_accepted_poor": pa.bool_(),
+    "degradation_lowfreq_psnr": pa.float64(),
+    "degradation_hf_w1_ratio": pa.float64(),
+}
 
 
 class ResultsError(ValueError):
@@ -253,8 +260,9 @@ def _dynamic_columns(rows: Sequence[Mapping[str, Any]], trial_id: str) -> dict[s
         ks.discard("null")
         if len(ks) > 1:
             raise ResultsError(f"{_where(trial_id, None)}: column {col!r} mixes value kinds {sorted(ks)}")
-        # All-None -> string: None is "not a number", and most optional extras (stage keys) are strings.
-        types[col] = _KIND_TYPES[ks.pop()] if ks else pa.string()
+        # All-None -> the column's known type, else string: None is "not a number", and most optional
+        # extras (stage keys) are strings.
+        types[col] = _KIND_TYPES[ks.pop()] if ks else KNOWN_EXTRA_TYPES.get(col, pa.string())
     return types
 
 

@@ -101,7 +101,26 @@ def plan_sweep(
             f"sweep {cfg.name!r} already has state at {layout.results}. Continue it with --resume, "
             f"or start a new one with another name (--set name=...) or storage (--storage DIR)"
         )
-    return SweepPlan(_lpips_preflight(cfg, echo), layout, plan_trials(cfg), resume)
+    trials = plan_trials(cfg)
+    _check_reused_degradations(cfg, layout, trials)
+    return SweepPlan(_lpips_preflight(cfg, echo), layout, trials, resume)
+
+
+def _check_reused_degradations(cfg: ExperimentConfig, layout: SweepLayout, trials: list[TrialSpec]) -> None:
+    """A finished degradation stage that fails the quality gate stops the sweep before anything starts
+    (unless ``cyclegan.accept_poor``); one still to be built is judged when it finishes."""
+    from csrgan.train.degradation import PoorStageError, judge_stage, require_usable
+
+    for t in trials:
+        tc = trial_config(cfg, t)
+        if "cyclegan" not in shared_stages(tc):
+            continue
+        ref = stage_ref("cyclegan", tc, layout)
+        if ref.is_done():
+            try:
+                require_usable(judge_stage(ref.final, tc), ref.final)
+            except PoorStageError as exc:
+                raise SweepError(str(exc)) from None
 
 
 def _lpips_preflight(cfg: ExperimentConfig, echo: Echo) -> ExperimentConfig:
@@ -251,7 +270,8 @@ def _tuner(plan: SweepPlan, slots: int, echo: Echo) -> Any:
 
 
 def _param_names(cfg: ExperimentConfig) -> tuple[str, ...]:
-    return tuple(cfg.search.parameters) if cfg.search else ()
+    """The searched keys each row records (``param.*``): the grid's and the arms', first seen first."""
+    return cfg.search.param_names() if cfg.search else ()
 
 
 def _param_space(plan: SweepPlan) -> dict[str, Any]:
@@ -311,9 +331,17 @@ def _bicubic_baseline(cfg: ExperimentConfig, echo: Echo) -> dict[str, float]:
 def _build_cyclegan_task(cfg_json: dict[str, Any], layout: SweepLayout) -> str:
     """Ray task: build (or reuse) one CycleGAN stage before the trials that need it start."""
     from csrgan.config import validate_config
+    from csrgan.train.degradation import PoorStageError
 
-    out = build_shared_stages(validate_config(cfg_json), layout, built_by="driver", only=("cyclegan",))
-    return "reused" if out["cyclegan"].reused else "built"
+    try:
+        out = build_shared_stages(validate_config(cfg_json), layout, built_by="driver", only=("cyclegan",))
+    except PoorStageError as exc:
+        return f"built, and REFUSED by the quality gate: {exc}"
+    q = out["cyclegan"].info.get("quality", {})
+    verdict = f"quality {q.get('verdict')}" + (
+        " (accepted: cyclegan.accept_poor)" if q.get("accepted_poor") else ""
+    )
+    return ("reused" if out["cyclegan"].reused else "built") + f", {verdict}"
 
 
 def _start_cyclegan_builds(plan: SweepPlan, echo: Echo) -> list[tuple[Any, str]]:
@@ -333,7 +361,9 @@ def _start_cyclegan_builds(plan: SweepPlan, echo: Echo) -> list[tuple[Any, str]]
         res = trial_resources(tc)
         task = ray.remote(_build_cyclegan_task).options(num_cpus=res["CPU"], num_gpus=res.get("GPU", 0))
         tasks.append((task.remote(tc.model_dump(mode="json"), plan.layout), key))
-        echo(f"stage cyclegan {key}: building (used by the trials with sr.mix_prob > 0)")
+        echo(
+            f"stage cyclegan {key}: building (used by the trials with sr.lr_source cyclegan, sr.mix_prob > 0)"
+        )
     return tasks
 
 

@@ -3,7 +3,9 @@
 Grid and random sweeps are expanded here into an explicit, ordered list of :class:`TrialSpec` (random
 values drawn with ``search.sampler_seed``), so the same file always gives the same trials and a resumed
 sweep matches its trials by content. Optuna proposes trials one at a time through a define-by-run space.
-``seeds`` repeat every configuration of a grid/random sweep.
+``arms`` (explicit configurations) are combined with every grid combination or random sample, an arm's
+keys overriding the grid's; exact duplicate configurations run once. ``seeds`` repeat every configuration
+of a grid/random sweep.
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ def _fmt(v: Any) -> str:
 
 
 def expand_trials(search: SearchConfig) -> list[TrialSpec]:
-    """Every trial of a grid or random sweep, in run order (configurations outer, seeds inner)."""
+    """Every trial of a grid or random sweep, in run order (configurations outer, seeds inner).
+
+    The configurations are each grid combination (or random sample) × each arm, ``{**combo, **arm}``
+    (an arm's keys override the grid's), with exact duplicates dropped (the first is kept).
+    """
     if search.method == "grid":
         names = list(search.parameters)
         combos = itertools.product(*(search.parameters[n].values or [] for n in names))
@@ -47,7 +53,13 @@ def expand_trials(search: SearchConfig) -> list[TrialSpec]:
         ]
     else:
         raise ValueError("optuna trials are proposed one by one; use optuna_space()")
-    return [TrialSpec(params=c, seed=s) for c in (configs or [{}]) for s in search.seeds]
+    unique: list[dict[str, Any]] = []
+    for combo in configs or [{}]:
+        for arm in search.arms or [{}]:
+            params = {**combo, **arm}
+            if params not in unique:  # values may be unhashable (lists): compare, do not hash
+                unique.append(params)
+    return [TrialSpec(params=c, seed=s) for c in unique for s in search.seeds]
 
 
 def _sample(spec: ParamSpec, rng: np.random.Generator) -> Any:

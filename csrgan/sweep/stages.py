@@ -6,7 +6,8 @@ of each, come from the stage table (:mod:`csrgan.train.stages`); each lives in
 ``<storage>/_stages/<stage>-<key>/`` (:class:`csrgan.storage.SweepLayout`), laid out like any stage run
 (:mod:`csrgan.train.launch`) plus::
 
-    stage.json        key, stage, status, final metrics, config excerpt, timings, csrgan version
+    stage.json        key, stage, status, final metrics, config excerpt, timings, csrgan version,
+                      and for the degradation stage its quality-gate verdict (``quality``)
     .lock             a file lock: one builder per key, others wait and then reuse
 
 A build runs where the caller runs it (a trial process, a Ray task), through the launcher.
@@ -28,6 +29,7 @@ from filelock import FileLock
 from csrgan import __version__
 from csrgan.config import ExperimentConfig
 from csrgan.storage import STAGES_DIR, SweepLayout
+from csrgan.train.degradation import judge_stage, require_usable
 from csrgan.train.launch import inside_ray_task, launch
 from csrgan.train.stages import get_stage
 
@@ -37,6 +39,7 @@ __all__ = [
     "StageOutcome",
     "StageRef",
     "build_shared_stages",
+    "check_degradation",
     "ensure_stage",
     "shared_stages",
     "stage_ref",
@@ -154,9 +157,24 @@ def build_shared_stages(
         section = cfg.cyclegan if name == "cyclegan" else cfg.sr.pretrain
         describe = {name: section.model_dump(mode="json"), "built_by": built_by}
         if name != "cyclegan":
-            describe |= {"mix_prob": cfg.sr.mix_prob, "seed": cfg.seed}
+            describe |= {"mix_prob": cfg.sr.mix_prob, "lr_source": cfg.sr.lr_source, "seed": cfg.seed}
         out[name] = ensure_stage(ref, build, describe=describe)
+        if name == "cyclegan":
+            out[name] = check_degradation(out[name], cfg)
     return out
+
+
+def check_degradation(outcome: StageOutcome, cfg: ExperimentConfig) -> StageOutcome:
+    """Apply the quality gate to a finished degradation stage: record the verdict in its ``stage.json``
+    and in the outcome (``info["quality"]``), then refuse a poor stage unless ``cyclegan.accept_poor``
+    (:class:`csrgan.train.degradation.PoorStageError`; the stage stays, nothing is lost)."""
+    ref = outcome.ref
+    quality = judge_stage(ref.final, cfg)
+    info = {**outcome.info, "quality": quality}
+    if outcome.info.get("quality", {}).get("verdict") != quality["verdict"]:
+        _write_info(ref, {**(ref.info() or {}), "quality": quality})
+    require_usable(quality, ref.final)
+    return StageOutcome(ref, outcome.reused, info)
 
 
 def _raise_if_diverged(ref: StageRef) -> None:

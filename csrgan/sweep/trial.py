@@ -33,12 +33,15 @@ from csrgan.sweep.stages import (
     shared_stages,
     stage_ref,
 )
+from csrgan.train.degradation import PoorStageError
+from csrgan.train.keys import lr_source_key
 from csrgan.train.launch import TuneTrial, launch
 
 STATUS_OK, STATUS_DIVERGED = "finished", "diverged"
 
 #: Parameters recorded in every row even when they are not searched: the headline knobs.
 HEADLINE_PARAMS = (
+    "sr.lr_source",
     "sr.mix_prob",
     "sr.gan.adv_weight",
     "sr.gan.lr",
@@ -106,8 +109,38 @@ def _rows(cfg: ExperimentConfig, spec: TrialSpec, runtime: SweepRuntime, trial_i
             f"{s}_key": stage_ref(s, cfg, layout).key if s in needed else None
             for s in ("cyclegan", "pretrain")
         },
+        "lr_source_id": _lr_source_id(cfg),
+        **dict.fromkeys(DEGRADATION_COLUMNS),
     }
     return TrialRows(layout, trial_id, static, devices_of(cfg), tuple(t.name for t in cfg.data.test_sets))
+
+
+#: The degradation stage's quality, in every row of a trial that trains on it (None otherwise).
+DEGRADATION_COLUMNS = (
+    "degradation_verdict",
+    "degradation_accepted_poor",
+    "degradation_lowfreq_psnr",
+    "degradation_hf_w1_ratio",
+)
+
+
+def _lr_source_id(cfg: ExperimentConfig) -> str | None:
+    """What the non-bicubic LR is, in one string: ``cyclegan-<key>``, ``pipeline-<id>``, ``paired``."""
+    key = lr_source_key(cfg)
+    if key is None:
+        return None
+    ((kind, value),) = key.items()
+    return kind if kind == "paired" else f"{kind}-{value}"
+
+
+def _degradation_columns(stages: dict[str, StageOutcome]) -> dict[str, Any]:
+    q = stages["cyclegan"].info.get("quality", {}) if "cyclegan" in stages else {}
+    return {
+        "degradation_verdict": q.get("verdict"),
+        "degradation_accepted_poor": q.get("accepted_poor"),
+        "degradation_lowfreq_psnr": q.get("lowfreq_psnr"),
+        "degradation_hf_w1_ratio": q.get("hf_w1_ratio"),
+    }
 
 
 def _record_pretrain_rows(recorder: TrialRecorder, stages: dict[str, StageOutcome]) -> None:
@@ -153,6 +186,9 @@ def run_trial(tune_config: dict[str, Any], runtime: SweepRuntime) -> None:
     recorder = rows.recorder()
     try:
         stages = build_shared_stages(cfg, runtime.layout)
+    except PoorStageError:
+        recorder.flush("error")
+        raise
     except StageDivergedError as exc:
         recorder.flush(STATUS_DIVERGED)
         ray.tune.report({"diverged": 1, "step": 0, "stage_error": str(exc)})
@@ -160,6 +196,8 @@ def run_trial(tune_config: dict[str, Any], runtime: SweepRuntime) -> None:
     except Exception:
         recorder.flush("error")
         raise
+    rows.static.update(_degradation_columns(stages))
+    recorder = rows.recorder()
     _record_pretrain_rows(recorder, stages)
     out_dir = runtime.layout.trial_dir(trial_id)
     t_gan = time.time()

@@ -2,7 +2,9 @@
 
 * :mod:`csrgan.train.loop` — :class:`~csrgan.train.loop.TrainLoop`, what every stage shares (cadence,
   checkpoints, resume, divergence, DDP bookkeeping, seeds, threads, AMP);
-* :mod:`csrgan.train.cyclegan`, :mod:`csrgan.train.srgan` — the algorithms: networks, losses, step;
+* :mod:`csrgan.train.degradation` — what both degradation learners share (data, fidelity and gate,
+  the cached real-like LR); :mod:`csrgan.train.dsgan` (frequency separation) and
+  :mod:`csrgan.train.cyclegan` (junyanz) on it; :mod:`csrgan.train.srgan` — the SR phases;
 * :mod:`csrgan.train.stages` (+ :mod:`~csrgan.train.keys`) — the stage table: loop, inputs, key;
 * :mod:`csrgan.train.launch` — ``launch(stage, cfg, out_dir, inputs, backend, reporter)`` with the
   in-process, Ray Train and Tune-trial back-ends; :mod:`csrgan.train.pipeline` — ``csrgan train``.

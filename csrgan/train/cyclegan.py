@@ -1,8 +1,9 @@
-"""Stage 1 trainer: a CycleGAN that learns ``G: X -> Y`` (bicubic LR -> real LR) from unpaired patches.
+"""Stage 1, CycleGAN learner (``cyclegan.learner: cyclegan``): ``G: X -> Y`` from unpaired patches.
 
-One per-worker loop function, :func:`train_cyclegan`, on the shared skeleton
-(:class:`csrgan.train.loop.TrainLoop`: cadence, checkpoints, resume, divergence, DDP bookkeeping);
-this module holds only the CycleGAN: its networks, losses, step and evaluation. It follows the
+One per-worker loop function, :func:`train_cyclegan`, on the degradation skeleton
+(:class:`csrgan.train.degradation.DegradationLoop`: data, evaluation, fidelity, cached LR; on
+:class:`csrgan.train.loop.TrainLoop`: cadence, checkpoints, resume, divergence, DDP bookkeeping);
+this module holds only the CycleGAN: its networks, losses and step. It follows the
 authors' ``cycle_gan_model.py`` (junyanz/pytorch-CycleGAN-and-pix2pix) step for step, one small
 method per loss.
 
@@ -26,21 +27,17 @@ Losses per iteration (λ = ``cyclegan.lambda_cycle``, λ_idt = ``cyclegan.lambda
 * discriminators (one Adam over D_A and D_B): ``0.5 (L_GAN(D_Y(y), 1) + L_GAN(D_Y(ŷ), 0))`` and the same
   for ``D_X``, where ``ŷ`` / ``x̂`` are drawn from image pools (history of 50 fakes; Shrivastava et al.).
 
-Networks come from the registries named in the config (``cyclegan.generator``, default junyanz's
-``resnet``; ``cyclegan.discriminator``, default ``patchgan``) with junyanz's init (normal, gain 0.02).
+Networks come from the registries named in the config (junyanz's setup: ``cyclegan.generator:
+{type: resnet}``, ``cyclegan.discriminator: {type: patchgan}``) with junyanz's init (normal, gain
+0.02), except a generator that keeps its own init (``residual``: the identity at step 0).
 Adam(lr, betas=(beta1, 0.999)); the learning rate is constant until ``decay_start`` (default
 ``iters // 2``) and then decays linearly to 0 at ``iters`` (:class:`LinearDecay`). Reported losses
 (``loss/cycle``, ``loss/idt``, ``loss/g_gan``, ``loss/d``, ``loss/g``) are the terms *as weighted in the
 objective*, summed over both directions, averaged over the iterations since the previous report and
 over ranks.
 
-Data. The X domain is always MATLAB bicubic of ``data.train_hr`` (never ``data.train_lr``): the SR stage
-applies ``G`` to exactly that kind of input, and :func:`csrgan.train.keys.cyclegan_key` does not
-depend on ``train_lr``. An X sample is the LR crop aligned with a random HR patch of side
-``patch_size * scale``, cut from the bicubic LR of the whole image (so no resize-border artefacts);
-a Y sample is a random ``patch_size`` crop of a real LR image. Both with random flips/transposes.
-``batch_size`` is per worker. Sampling is stateless (:class:`csrgan.train.sampling.IterationSampler`):
-each step's patches depend only on ``(seed, step, rank)``, so the data position is the step.
+Data (:class:`csrgan.train.degradation.DegradationLoop`): X is MATLAB bicubic of ``data.train_hr``
+(never ``data.train_lr``), Y random crops of ``data.real_lr``; ``batch_size`` is per worker.
 
 Distributed. Each of G_A, G_B, D_A, D_B goes through ``ctx.prepare_model`` separately. In the
 generator step the discriminators are frozen and called *unwrapped*: their DDP wrappers exist to
@@ -53,35 +50,24 @@ resumes bit-for-bit too.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from csrgan.config import CycleGANConfig, ExperimentConfig
-from csrgan.data.datasets import PairedPatchDataset, UnpairedPatchDataset
-from csrgan.data.io import to_tensor, to_uint8, write_image
 from csrgan.losses import GANLoss, ImagePool, cycle_loss, identity_loss
-from csrgan.models.artifacts import GeneratorSpec
 from csrgan.models.cyclegan import init_weights
 from csrgan.registry import DEGRADATION_CRITICS, DEGRADATION_GENERATORS
 from csrgan.train.context import TrainContext, unwrap
-from csrgan.train.keys import cyclegan_key
-from csrgan.train.loop import TrainLoop, derive_seed, evaluating, run_loop
-from csrgan.train.sampling import IterationSampler
+from csrgan.train.degradation import PHASE, STREAM_POOL_X, STREAM_POOL_Y, DegradationLoop, generator_spec
+from csrgan.train.loop import run_loop
 
 __all__ = ["LOSS_KEYS", "PHASE", "CycleGANLoop", "LinearDecay", "generator_spec", "train_cyclegan"]
 
 log = logging.getLogger(__name__)
 
-PHASE = "cyclegan"
 LOSS_KEYS = ("loss/cycle", "loss/idt", "loss/g_gan", "loss/d", "loss/g")
-#: The "weights" report value: this stage loads no pretrained backbone (Table 2 is PSNR/SSIM only).
-WEIGHTS_PROVENANCE = "none (cyclegan: no pretrained backbones)"
-
-# Independent random streams, derived from (cfg.cyclegan.seed, stream[, rank]) (32-bit: see derive_seed).
-_STREAM_X, _STREAM_Y, _STREAM_POOL_Y, _STREAM_POOL_X = range(4)
 
 
 # ------------------------------------------------------------------------------------------ schedule
@@ -113,47 +99,19 @@ class LinearDecay:
         return (self.iters - step) / (self.iters - self.decay_start)
 
 
-# ---------------------------------------------------------------------------------------- artefact
-def generator_spec(cfg: ExperimentConfig, **meta: Any) -> GeneratorSpec:
-    """The spec of this experiment's G (``cyclegan.generator`` at ``data.scale``) for ``generator.json``."""
-    g = cfg.cyclegan.generator
-    return GeneratorSpec("degradation", g.type, g.kwargs(), cfg.data.scale, dict(meta))
-
-
-def _check_data(cfg: ExperimentConfig) -> None:
-    for field in ("train_hr", "real_lr"):
-        if getattr(cfg.data, field) is None:
-            raise ValueError(
-                f"data.{field} is not set: the CycleGAN needs bicubic LR from data.train_hr (domain X) and "
-                "real LR images in data.real_lr (domain Y); resolve the config with "
-                "csrgan.data.layout.resolve_data first when using data.demo"
-            )
-
-
 # ------------------------------------------------------------------------------------------ the loop
-class CycleGANLoop(TrainLoop):
-    """Junyanz's CycleGANModel as a :class:`TrainLoop`. ``nets``: G_A (G), G_B (F), D_A (D_Y), D_B (D_X)."""
+class CycleGANLoop(DegradationLoop):
+    """Junyanz's CycleGANModel. ``nets``: G_A (G), G_B (F), D_A (D_Y), D_B (D_X)."""
 
     exported = "G_A"
 
     def __init__(self, cfg: ExperimentConfig, ctx: TrainContext) -> None:
+        super().__init__(cfg, ctx)
         cg = cfg.cyclegan
-        _check_data(cfg)
-        super().__init__(
-            cfg,
-            ctx,
-            stage=PHASE,
-            key=cyclegan_key(cfg),
-            seed=cg.seed,
-            iters=cg.iters,
-            eval_every=cg.eval_every,
-            checkpoint_every=cg.checkpoint_every,
-        )
-        self._build_data()
         g, d = cg.generator, cg.discriminator
         for name in ("G_A", "G_B"):  # junyanz's init, in this order, right after the construction seed
             net = DEGRADATION_GENERATORS.build(g.type, **g.kwargs(), in_ch=3, out_ch=3)
-            self.nets[name] = init_weights(net)
+            self.nets[name] = net if getattr(net, "keeps_init", False) else init_weights(net)
         for name in ("D_A", "D_B"):
             self.nets[name] = init_weights(DEGRADATION_CRITICS.build(d.type, **d.kwargs(), in_ch=3))
         self.nets = {name: self.prepare(net) for name, net in self.nets.items()}
@@ -171,42 +129,16 @@ class CycleGANLoop(TrainLoop):
             )
         self.pools = {
             name: ImagePool(
-                cg.pool_size, generator=torch.Generator().manual_seed(self._seed(stream, ctx.rank))
+                cg.pool_size, generator=torch.Generator().manual_seed(self.stream_seed(stream, ctx.rank))
             )
-            for name, stream in (("fake_Y", _STREAM_POOL_Y), ("fake_X", _STREAM_POOL_X))
+            for name, stream in (("fake_Y", STREAM_POOL_Y), ("fake_X", STREAM_POOL_X))
         }
         self.gan_loss = GANLoss("lsgan")
-
-    def _seed(self, *stream: int) -> int:
-        return derive_seed(self.cfg.cyclegan.seed, *stream, bits=32)
-
-    def _build_data(self) -> None:
-        """Domain X: the bicubic LR crop aligned with a random HR patch; domain Y: real LR crops."""
-        cg, d, ctx = self.cfg.cyclegan, self.cfg.data, self.ctx
-        x_seed, y_seed = self._seed(_STREAM_X), self._seed(_STREAM_Y)
-        assert d.train_hr is not None and d.real_lr is not None  # _check_data
-        self.x = PairedPatchDataset(
-            d.train_hr, scale=d.scale, patch_size=cg.patch_size * d.scale, lr_dir=None, augment=True,
-            cache=d.cache, seed=x_seed,
-        )  # fmt: skip
-        self.y = UnpairedPatchDataset(
-            d.real_lr, patch_size=cg.patch_size, augment=True, cache=d.cache, seed=y_seed
-        )
-        self.x_sampler = IterationSampler(len(self.x), cg.batch_size, x_seed, ctx.rank, ctx.world_size)
-        self.y_sampler = IterationSampler(len(self.y), cg.batch_size, y_seed, ctx.rank, ctx.world_size)
-
-    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(real_A = x, real_B = y) for this rank at ``step``, on the device."""
-        x = self.x_sampler.read(self.x, step)["lr"]
-        y = self.y_sampler.read(self.y, step)["image"]
-        return tuple(  # type: ignore[return-value]
-            t.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format) for t in (x, y)
-        )
 
     # --------------------------------------------------------------------------------- the step
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         """One junyanz ``optimize_parameters``: the generators, then the discriminators."""
-        real_A, real_B = self._batch(step)
+        real_A, real_B = self.batch(step)
         losses, fake_B, fake_A = self._generator_step(real_A, real_B)
         losses["d"] = self._discriminator_step(real_A, real_B, fake_B, fake_A)
         for sched in self.schedulers.values():
@@ -267,17 +199,6 @@ class CycleGANLoop(TrainLoop):
         return loss
 
     # ------------------------------------------------------------------------------ skeleton hooks
-    def generator_spec(self) -> GeneratorSpec:
-        return generator_spec(
-            self.cfg, stage=PHASE, key=self.key, step=self.step, seed=self.cfg.cyclegan.seed
-        )
-
-    def epoch_at(self, step: int) -> float:
-        return self.x_sampler.epoch_at(step)
-
-    def provenance(self) -> str:
-        return WEIGHTS_PROVENANCE
-
     def window_metrics(self) -> dict[str, Any]:
         return {"lr": self.schedulers["G"].get_last_lr()[0]}
 
@@ -287,37 +208,6 @@ class CycleGANLoop(TrainLoop):
     def load_rank_state(self, state: Any) -> None:
         for name, pool in self.pools.items():
             pool.load_state_dict(state["pools"][name])
-
-    # ---------------------------------------------------------------------------------- evaluation
-    def evaluate(self) -> dict[str, float]:
-        """Table 2 numbers for every "real" test set, plus a comparison grid per set."""
-        from csrgan.evaluation import evaluate_translation
-
-        with evaluating(self.nets["G_A"]) as G:
-            out = evaluate_translation(G, self.cfg.data.test_sets, self.cfg.data.scale, self.device)
-            if self.cfg.eval.grid_images > 0:
-                self._write_grids(G)
-        return out
-
-    @torch.no_grad()
-    def _write_grids(self, G: nn.Module) -> None:
-        """``out_dir/grids/cyclegan_<set>_step<step>.png``: rows of bicubic x | G(x) | real y (LR scale)."""
-        from csrgan.data.resize import imresize
-        from csrgan.evaluation import comparison_grid, iter_test_images
-
-        for ts in self.cfg.data.test_sets:
-            if ts.degradation != "real" or ts.hr is None or ts.lr is None:
-                continue
-            rows = []
-            for k, (_, real_lr, hr) in enumerate(iter_test_images(ts, self.cfg.data.scale)):
-                if k >= self.cfg.eval.grid_images:
-                    break
-                assert hr is not None
-                bic = imresize(hr, scale=1.0 / self.cfg.data.scale)
-                rows.append((bic, to_uint8(G(to_tensor(bic).to(self.device)))[0], real_lr))
-            if rows:
-                path = Path(self.ctx.out_dir) / "grids" / f"{PHASE}_{ts.name}_step{self.step}.png"
-                write_image(path, comparison_grid(rows, scale=1))
 
 
 def _set_requires_grad(nets: list[nn.Module], flag: bool) -> None:

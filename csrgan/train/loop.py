@@ -71,9 +71,8 @@ _TAG_GLOBAL = 0x474C  # "GL": the per-rank global RNG stream
 def derive_seed(*parts: int, bits: Literal[32, 63] = 63) -> int:
     """An independent seed for the random stream named by ``parts`` (numpy ``SeedSequence`` hashing).
 
-    63 bits (a non-negative int64) by default. 32 bits where a consumer needs them (numpy's legacy
-    global seed) and for the CycleGAN stage's data and image-pool streams, which have used 32-bit
-    seeds since its first version: changing them would change every CycleGAN built so far.
+    63 bits (a non-negative int64) by default; 32 bits where a consumer needs them (numpy's legacy
+    global seed).
     """
     seq = np.random.SeedSequence([int(p) for p in parts])
     if bits == 32:
@@ -227,6 +226,9 @@ class TrainLoop(ABC):
         """This rank's own state besides the global RNGs (checkpointed per rank)."""
         return {}
 
+    def export_extra(self, final: Path) -> None:  # noqa: B027 - optional hook
+        """Write more of the artefact into ``final`` (rank 0; a temporary folder renamed into place after)."""
+
     def load_rank_state(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restore :meth:`rank_state`."""
 
@@ -337,6 +339,7 @@ class TrainLoop(ABC):
         shutil.rmtree(tmp, ignore_errors=True)
         save_state(tmp, state)
         save_generator(tmp, self.nets[self.exported], self.generator_spec())
+        self.export_extra(tmp)
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
             final.rename(old)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from csrgan.config import ExperimentConfig
+from csrgan.train.degradation import judge_stage, require_usable
 from csrgan.train.launch import Backend, InProcess, RayTrainGroup, StageResult, launch
 
 __all__ = ["TrainOptions", "find_artifact", "train_cyclegan_stage", "train_srgan_stages"]
@@ -82,19 +83,25 @@ def train_srgan_stages(
 ) -> list[StageResult]:
     """Stage 2 into ``opts.out/pretrain`` and/or ``opts.out/gan``; stops after a diverged phase.
 
-    ``cyclegan``: the CycleGAN artefact (any form :func:`find_artifact` accepts); required iff
-    ``sr.mix_prob > 0``. ``init_from``: the generator that starts the GAN phase; default: this run's
+    ``cyclegan``: the degradation stage's artefact (any form :func:`find_artifact` accepts); required
+    iff ``sr.mix_prob > 0`` with ``sr.lr_source: cyclegan``. A stage that fails its quality gate is
+    refused (:class:`csrgan.train.degradation.PoorStageError`) unless ``cyclegan.accept_poor``.
+    ``init_from``: the generator that starts the GAN phase; default: this run's
     ``pretrain/final`` (required there when ``sr.pretrain.iters > 0``).
     """
     if phase not in ("pretrain", "gan", "both"):
         raise ValueError(f"phase must be pretrain, gan or both, got {phase!r}")
     p = cfg.sr.mix_prob
-    if p > 0 and cyclegan is None:
-        raise ValueError(
-            f"sr.mix_prob is {p} > 0, so the SR stages need the CycleGAN generator: pass --cyclegan DIR "
-            "(the output of `csrgan train cyclegan`), or set sr.mix_prob=0 for plain SRGAN"
-        )
-    common = {"cyclegan": find_artifact(cyclegan, "cyclegan")} if p > 0 else {}  # type: ignore[arg-type]
+    common: dict[str, Path] = {}
+    if cfg.sr.uses_degradation_stage():
+        if cyclegan is None:
+            raise ValueError(
+                f"sr.mix_prob is {p} > 0 with sr.lr_source cyclegan, so the SR stages need the degradation "
+                "stage: pass --cyclegan DIR (the output of `csrgan train cyclegan`), or set sr.mix_prob=0 "
+                "(plain SRGAN) or sr.lr_source=pipeline"
+            )
+        common["cyclegan"] = find_artifact(cyclegan, "cyclegan")
+        require_usable(judge_stage(common["cyclegan"], cfg), common["cyclegan"])
     pretrained = cfg.sr.pretrain.iters > 0
     if phase == "gan" and init_from is None and pretrained:
         find_artifact(opts.out / "pretrain", "pretrain")  # fail before any work

@@ -12,17 +12,22 @@ owns cadence, checkpoints, resume, divergence and DDP bookkeeping, so this modul
 Networks and losses are built by name (``sr.generator``, ``sr.discriminator``, ``sr.pretrain.loss``,
 ``sr.gan.content``; :mod:`csrgan.registry`).
 
-Training LR (both phases): the dataset's LR patch of the HR patch (MATLAB bicubic, or ``data.train_lr``),
-replaced per sample with probability ``sr.mix_prob`` (the report's *p*) by the frozen CycleGAN
-``G(bicubic LR)`` (:class:`LRSource`). ``p = 1`` is CSR-GAN, ``p = 0`` plain SRGAN (G never built).
+Training LR (both phases): MATLAB bicubic of the HR patch, replaced per sample with probability
+``sr.mix_prob`` (the report's *p*) by the LR of ``sr.lr_source`` at the same position
+(:class:`csrgan.data.datasets.PairedPatchDataset`): ``cyclegan`` crops the degradation stage's cached
+``G(bicubic LR)`` of the whole image (``final/lr/``; ``G`` never runs here), ``pipeline`` applies a
+synthetic degradation to the HR patch on the fly (seeded per sample), ``paired`` crops
+``data.train_lr``. ``p = 1`` with ``cyclegan`` is CSR-GAN, ``p = 0`` plain SRGAN.
 
 Batches: ``sr.batch_size`` is **per worker** (Ray Train convention; the global batch is
-``batch_size * workers``). Learning rates are constant (the config has no schedule).
+``batch_size * workers``). Learning rates are constant, except the GAN phase's optional step schedule
+(``sr.gan.lr_milestones``).
 
 Determinism and exact resume: networks (and an explicitly random VGG) are built right after the
 construction seed, identically on every rank; the data position is the step
-(:class:`csrgan.train.sampling.IterationSampler`); each rank's :class:`LRSource` generator state is
-checkpointed with its RNGs. No GradScaler exists because AMP here is bf16, whose exponent range is fp32's.
+(:class:`csrgan.train.sampling.IterationSampler`), and every per-sample draw (crop, flips, LR source,
+pipeline parameters) comes from that sample's own stream, so nothing about the data needs saving.
+No GradScaler exists because AMP here is bf16, whose exponent range is fp32's.
 
 Under DDP (``ctx.prepare_model``) parameters stay identical on all ranks; BatchNorm running statistics
 are per rank when the context disables buffer broadcasting (csrgan's Ray context does), and rank 0's
@@ -32,7 +37,7 @@ are the ones checkpointed and used for evaluation.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
@@ -42,96 +47,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from csrgan.config import ExperimentConfig
-from csrgan.data.datasets import PairedPatchDataset
-from csrgan.models.artifacts import GeneratorSpec, build_generator, load_generator, read_generator
+from csrgan.data.datasets import AltLR, CachedLR, PairedPatchDataset, PipelineLR, list_images
+from csrgan.data.degradations import default_pipeline, load_pipeline
+from csrgan.models.artifacts import GeneratorSpec, build_generator, load_with_spec, read_generator
 from csrgan.registry import GAN_LOSSES, LOSSES, SR_DISCRIMINATORS
 from csrgan.train.context import TrainContext, unwrap
+from csrgan.train.degradation import lr_cache_dirs
 from csrgan.train.keys import gan_key, pretrain_key
-from csrgan.train.loop import TrainLoop, derive_seed, evaluating, run_loop
+from csrgan.train.loop import TrainLoop, evaluating, run_loop
 from csrgan.train.sampling import IterationSampler
 
-__all__ = ["LRSource", "SRLoop", "SRStep", "generator_spec", "train_sr"]
+__all__ = ["SRLoop", "SRStep", "generator_spec", "lr_source", "train_sr"]
 
 log = logging.getLogger(__name__)
 
 Phase = Literal["pretrain", "gan"]
 PHASES: tuple[str, ...] = ("pretrain", "gan")
 
-# Stream tag for derive_seed: the LR-source draws of each rank.
-_TAG_LR_SOURCE = 0x4C52  # "LR"
-
 
 def generator_spec(cfg: ExperimentConfig, **meta: Any) -> GeneratorSpec:
     """The spec of this experiment's SR generator (``sr.generator`` at ``data.scale``)."""
     g = cfg.sr.generator
     return GeneratorSpec("sr", g.type, g.kwargs(), cfg.data.scale, dict(meta))
-
-
-# ---------------------------------------------------------------------------------------- LR source
-def _quantise(x: torch.Tensor) -> torch.Tensor:
-    """Round to the 1/255 grid like :func:`csrgan.data.io.to_uint8`, staying a float tensor."""
-    return x.clamp(0, 1).mul(255.0).add(0.5).floor().div(255.0)
-
-
-class LRSource:
-    """Per-sample choice of the training LR: bicubic LR, or w.p. ``mix_prob`` the CycleGAN's ``G(bicubic)``.
-
-    Draws are Bernoulli(``mix_prob``) from an explicit CPU ``torch.Generator`` seeded by
-    ``(seed, rank)``; one uniform number per sample is drawn whatever ``mix_prob`` is, so runs with the
-    same seed and different ``p`` are coupled (the G-samples of ``p = 0.3`` are a subset of those of
-    ``p = 0.5``). ``p = 0`` never calls ``G``; ``p = 1`` always does. ``G`` runs batched on the selected
-    samples, under ``no_grad``, on the device of the LR batch. Its output is clamped and rounded to the
-    uint8 grid, because every LR the SR network sees at test time is a uint8 image.
-    """
-
-    def __init__(
-        self,
-        mix_prob: float,
-        generator_fn: Callable[[torch.Tensor], torch.Tensor] | None,
-        seed: int,
-        rank: int,
-    ) -> None:
-        if not 0.0 <= mix_prob <= 1.0:
-            raise ValueError(f"LRSource: mix_prob must be in [0, 1], got {mix_prob!r}")
-        if mix_prob > 0 and generator_fn is None:
-            raise ValueError(f"LRSource: mix_prob={mix_prob} > 0 needs the CycleGAN generator G")
-        self.mix_prob = float(mix_prob)
-        self.generator_fn = generator_fn
-        self.rng = torch.Generator(device="cpu")
-        self.rng.manual_seed(derive_seed(seed, rank, _TAG_LR_SOURCE))
-        self.g_calls = 0
-
-    def draw(self, n: int) -> torch.Tensor:
-        """Boolean mask ``(n,)`` (CPU): True where the sample's LR comes from ``G``."""
-        return torch.rand(n, generator=self.rng) < self.mix_prob
-
-    def __call__(self, lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(lr_used, mask)`` for a bicubic LR batch ``(N, 3, h, w)``; ``lr`` itself is not modified."""
-        mask = self.draw(lr.shape[0])
-        if not bool(mask.any()):
-            return lr, mask
-        assert self.generator_fn is not None
-        index = mask.nonzero().squeeze(1).to(lr.device)
-        with torch.no_grad():
-            fake = self.generator_fn(lr.index_select(0, index))
-        self.g_calls += 1
-        if fake.shape != (index.numel(), *lr.shape[1:]):
-            raise ValueError(
-                f"LRSource: G changed the LR shape {tuple(lr.shape[1:])} -> {tuple(fake.shape[1:])}"
-            )
-        out = lr.clone()
-        out.index_copy_(0, index, _quantise(fake).to(lr.dtype))
-        return out, mask
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"mix_prob": self.mix_prob, "generator_state": self.rng.get_state()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if float(state["mix_prob"]) != self.mix_prob:
-            raise ValueError(
-                f"LRSource: checkpoint has mix_prob={state['mix_prob']}, this run {self.mix_prob}"
-            )
-        self.rng.set_state(state["generator_state"])
 
 
 # ----------------------------------------------------------------------------------------- one step
@@ -241,11 +178,17 @@ def _weights_provenance(content_loss: nn.Module | None, lpips: Any, want_lpips: 
 def _check_phase(cfg: ExperimentConfig, phase: str, cyclegan_g: Path | None) -> None:
     if phase not in PHASES:
         raise ValueError(f"train_sr: phase must be one of {PHASES}, got {phase!r}")
-    p = cfg.sr.mix_prob
-    if p > 0 and cyclegan_g is None:
-        raise ValueError(f"sr.mix_prob is {p} > 0: the CycleGAN generator (cyclegan_g) is required")
-    if p == 0 and cyclegan_g is not None:
-        raise ValueError(f"sr.mix_prob is 0 (plain SRGAN) but a CycleGAN generator was given: {cyclegan_g}")
+    p, src = cfg.sr.mix_prob, cfg.sr.lr_source
+    if cfg.sr.uses_degradation_stage() and cyclegan_g is None:
+        raise ValueError(
+            f"sr.mix_prob is {p} > 0 with sr.lr_source 'cyclegan': the degradation stage (cyclegan_g) "
+            "is required"
+        )
+    if not cfg.sr.uses_degradation_stage() and cyclegan_g is not None:
+        raise ValueError(
+            f"sr.mix_prob={p:g}, sr.lr_source={src!r} does not use the degradation stage, but one was given: "
+            f"{cyclegan_g}"
+        )
     if phase == "gan" and cfg.sr.patch_size % 16:
         raise ValueError(
             f"sr.patch_size ({cfg.sr.patch_size}) must be a multiple of 16 for the gan phase: the SRGAN "
@@ -282,13 +225,7 @@ class SRLoop(TrainLoop):
         self.nets["G"] = self.prepare(self._generator(init_from))
         self.content_loss: nn.Module | None = None
         self.step_fn = self._pretrain_step() if pretrain else self._gan_step()
-        g_fn = None
-        if cfg.sr.mix_prob > 0:
-            assert cyclegan_g is not None
-            # the scale must match: a G trained on x2 LR does not make x4 LR real-like
-            g_fn = load_generator(cyclegan_g, "degradation", self.device, scale=cfg.data.scale)
-        self.lr_source = LRSource(cfg.sr.mix_prob, g_fn, cfg.seed, ctx.rank)
-        self.dataset = _build_dataset(cfg)
+        self.dataset = _build_dataset(cfg, cyclegan_g)
         self.sampler = IterationSampler(
             len(self.dataset), cfg.sr.batch_size, cfg.seed, ctx.rank, ctx.world_size
         )
@@ -332,8 +269,14 @@ class SRLoop(TrainLoop):
         content = LOSSES.build_with(g.content.type, g.content.kwargs(), self._loss_context()).to(self.device)
         if hasattr(content, "provenance"):
             self.content_loss = content
-        self.optimizers["G"] = torch.optim.Adam(self.nets["G"].parameters(), lr=g.lr, betas=(0.9, 0.999))
-        self.optimizers["D"] = torch.optim.Adam(self.nets["D"].parameters(), lr=g.lr, betas=(0.9, 0.999))
+        for name in ("G", "D"):
+            self.optimizers[name] = torch.optim.Adam(
+                self.nets[name].parameters(), lr=g.lr, betas=(0.9, 0.999)
+            )
+            if g.lr_milestones:  # Ledig et al.: 1e-4, then 1e-5 (stepped once per iteration)
+                self.schedulers[name] = torch.optim.lr_scheduler.MultiStepLR(
+                    self.optimizers[name], milestones=list(g.lr_milestones), gamma=g.lr_gamma
+                )
         return SRStep(
             "gan", self.nets["G"], self.optimizers["G"], F.mse_loss, discriminator=self.nets["D"],
             opt_d=self.optimizers["D"], content_loss=content, gan_loss=GAN_LOSSES.build(g.gan_mode),
@@ -350,10 +293,13 @@ class SRLoop(TrainLoop):
     def train_step(self, step: int) -> dict[str, torch.Tensor]:
         batch = self.sampler.read(self.dataset, step)
         hr = batch["hr"].to(self.device, non_blocking=True)
-        lr, mask = self.lr_source(batch["lr"].to(self.device, non_blocking=True))
-        self._n_g += int(mask.sum())
-        self._n_samples += mask.numel()
-        return self.step_fn(lr, hr)
+        lr = batch["lr"].to(self.device, non_blocking=True)
+        self._n_g += int(batch["alt"].sum())
+        self._n_samples += int(batch["alt"].numel())
+        losses = self.step_fn(lr, hr)
+        for sched in self.schedulers.values():
+            sched.step()
+        return losses
 
     # ------------------------------------------------------------------------------ skeleton hooks
     def generator_spec(self) -> GeneratorSpec:
@@ -368,14 +314,10 @@ class SRLoop(TrainLoop):
 
     def window_metrics(self) -> dict[str, Any]:
         out = {"mix/g_fraction": self._n_g / self._n_samples} if self._n_samples else {}
+        if "G" in self.schedulers:
+            out["lr"] = self.schedulers["G"].get_last_lr()[0]
         self._n_g = self._n_samples = 0
         return out
-
-    def rank_state(self) -> dict[str, Any]:
-        return {"lr_source": self.lr_source.state_dict()}
-
-    def load_rank_state(self, state: Mapping[str, Any]) -> None:
-        self.lr_source.load_state_dict(state["lr_source"])
 
     def evaluate(self) -> dict[str, float]:
         from csrgan.evaluation import evaluate_sr_model
@@ -397,7 +339,25 @@ class SRLoop(TrainLoop):
             )
 
 
-def _build_dataset(cfg: ExperimentConfig) -> PairedPatchDataset:
+def lr_source(cfg: ExperimentConfig, cyclegan_g: Path | None) -> AltLR | None:
+    """The non-bicubic training LR of ``sr.lr_source`` (None at ``p = 0``)."""
+    sr, d = cfg.sr, cfg.data
+    if sr.mix_prob == 0:
+        return None
+    assert d.train_hr is not None
+    hr_paths = list_images(d.train_hr)
+    if sr.lr_source == "cyclegan":
+        assert cyclegan_g is not None  # _check_phase
+        load_with_spec(cyclegan_g, "degradation", scale=d.scale)  # a degradation G for this scale
+        return CachedLR(lr_cache_dirs(cyclegan_g), hr_paths, d.scale, id=f"cyclegan-{cyclegan_g.parent.name}")
+    if sr.lr_source == "pipeline":
+        pipe = default_pipeline() if sr.pipeline is None else load_pipeline(sr.pipeline)
+        return PipelineLR(pipe, d.scale)
+    assert d.train_lr is not None  # config cross-check
+    return CachedLR([d.train_lr], hr_paths, d.scale, id="paired")
+
+
+def _build_dataset(cfg: ExperimentConfig, cyclegan_g: Path | None) -> PairedPatchDataset:
     d = cfg.data
     if d.train_hr is None:
         raise ValueError("data.train_hr is not set (resolve the config with csrgan.data.layout.resolve_data)")
@@ -405,10 +365,12 @@ def _build_dataset(cfg: ExperimentConfig) -> PairedPatchDataset:
         d.train_hr,
         scale=d.scale,
         patch_size=cfg.sr.patch_size,
-        lr_dir=d.train_lr,
+        lr_dir=None,
         augment=True,
         cache=d.cache,
         seed=cfg.seed,
+        alt=lr_source(cfg, cyclegan_g),
+        mix_prob=cfg.sr.mix_prob,
     )
 
 
@@ -422,8 +384,9 @@ def train_sr(
     """Run one SR phase to ``iters`` (resuming from ``ctx.latest_checkpoint()``); returns the final metrics.
 
     ``init_from``: a ``final/`` artefact or checkpoint directory whose generator starts this phase
-    (ignored when resuming). ``cyclegan_g``: the CycleGAN stage's ``final/`` artefact, required iff
-    ``sr.mix_prob > 0``. A phase with ``iters: 0`` trains nothing, reports nothing, writes no
+    (ignored when resuming). ``cyclegan_g``: the degradation stage's ``final/`` artefact (with its
+    cached LR), required iff ``sr.mix_prob > 0`` and ``sr.lr_source`` is ``cyclegan``. A phase with
+    ``iters: 0`` trains nothing, reports nothing, writes no
     artefact and returns ``{"skipped": 1, ...}``. A non-finite loss ends the run with one report
     ``{"diverged": 1, ...}`` on every rank (no checkpoint, no exception).
     """

@@ -2,10 +2,12 @@
 
 CSR-GAN is three stages, each a :class:`Stage`::
 
-    cyclegan  (learn G: bicubic LR -> real LR)           needs nothing
-    pretrain  (SRResNet, pixel loss)                       needs cyclegan's G when sr.mix_prob > 0
-    gan       (SRGAN, content + adversarial loss)          needs cyclegan's G when sr.mix_prob > 0,
-                                                           and pretrain's generator when it trains
+    cyclegan  (learn the degradation G: bicubic LR -> real LR,   needs nothing
+               cyclegan.learner; final/ has G + cached G(x))
+    pretrain  (SRResNet, pixel loss)                       needs cyclegan's final/ when sr.mix_prob > 0
+                                                           and sr.lr_source is cyclegan
+    gan       (SRGAN, content + adversarial loss)          the same, and pretrain's generator when it
+                                                           trains
 
 A stage's **key** (:mod:`csrgan.train.keys`) hashes everything that changes its result and nothing
 else: the sweep shares a stage between every trial with the same key, and a checkpoint written under
@@ -26,6 +28,7 @@ from typing import Any, Literal
 from csrgan.config import ExperimentConfig
 from csrgan.train.context import TrainContext
 from csrgan.train.cyclegan import train_cyclegan
+from csrgan.train.dsgan import train_dsgan
 from csrgan.train.keys import cyclegan_key, gan_key, pretrain_key
 from csrgan.train.srgan import train_sr
 
@@ -68,13 +71,19 @@ class Stage:
 
 
 def _why_inputs(cfg: ExperimentConfig) -> str:
-    p, pre = cfg.sr.mix_prob, cfg.sr.pretrain.iters
-    return f"sr.mix_prob={p:g}: the CycleGAN is {'' if p > 0 else 'not '}used; sr.pretrain.iters={pre}"
+    p, src, pre = cfg.sr.mix_prob, cfg.sr.lr_source, cfg.sr.pretrain.iters
+    used = "" if cfg.sr.uses_degradation_stage() else "not "
+    return (
+        f"sr.mix_prob={p:g}, sr.lr_source={src}: the degradation stage is {used}used; sr.pretrain.iters={pre}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- loops
 def _cyclegan_loop(cfg: ExperimentConfig, ctx: TrainContext, inputs: Inputs) -> dict[str, Any]:
-    return train_cyclegan(cfg, ctx)
+    """The degradation learner ``cyclegan.learner`` names."""
+    if cfg.cyclegan.learner == "cyclegan":
+        return train_cyclegan(cfg, ctx)
+    return train_dsgan(cfg, ctx)
 
 
 def _sr_loop(phase: Literal["pretrain", "gan"]) -> LoopFn:
@@ -86,7 +95,7 @@ def _sr_loop(phase: Literal["pretrain", "gan"]) -> LoopFn:
 
 
 def _uses_cyclegan(cfg: ExperimentConfig) -> tuple[str, ...]:
-    return ("cyclegan",) if cfg.sr.mix_prob > 0 else ()
+    return ("cyclegan",) if cfg.sr.uses_degradation_stage() else ()
 
 
 STAGES: dict[str, Stage] = {

@@ -101,9 +101,17 @@ class HalvingAlt:
         self.calls: list[tuple[int, int, int, int]] = []
 
     def patch(
-        self, k: int, top: int, left: int, side: int, hr_patch: np.ndarray, rng: np.random.Generator
+        self,
+        k: int,
+        top: int,
+        left: int,
+        side: int,
+        hr_patch: np.ndarray,
+        rng: np.random.Generator,
+        lr_shape: tuple[int, int],
     ) -> np.ndarray:
         assert hr_patch.shape == (side * SCALE, side * SCALE, 3)  # the aligned HR patch, before flips
+        assert lr_shape == self.bicubic.pair(k)[0].shape[:2]  # the whole LR image's size
         self.calls.append((k, top, left, side))
         return self.bicubic.pair(k)[0][top : top + side, left : left + side] // 2
 

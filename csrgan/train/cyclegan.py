@@ -57,8 +57,6 @@ from torch import nn
 
 from csrgan.config import CycleGANConfig, ExperimentConfig
 from csrgan.losses import GANLoss, ImagePool, cycle_loss, identity_loss
-from csrgan.models.cyclegan import init_weights
-from csrgan.registry import DEGRADATION_CRITICS, DEGRADATION_GENERATORS
 from csrgan.train.context import TrainContext, unwrap
 from csrgan.train.degradation import PHASE, STREAM_POOL_X, STREAM_POOL_Y, DegradationLoop, generator_spec
 from csrgan.train.loop import run_loop
@@ -108,12 +106,10 @@ class CycleGANLoop(DegradationLoop):
     def __init__(self, cfg: ExperimentConfig, ctx: TrainContext) -> None:
         super().__init__(cfg, ctx)
         cg = cfg.cyclegan
-        g, d = cg.generator, cg.discriminator
-        for name in ("G_A", "G_B"):  # junyanz's init, in this order, right after the construction seed
-            net = DEGRADATION_GENERATORS.build(g.type, **g.kwargs(), in_ch=3, out_ch=3)
-            self.nets[name] = net if getattr(net, "keeps_init", False) else init_weights(net)
+        for name in ("G_A", "G_B"):  # in this order, right after the construction seed
+            self.nets[name] = self.build_generator()
         for name in ("D_A", "D_B"):
-            self.nets[name] = init_weights(DEGRADATION_CRITICS.build(d.type, **d.kwargs(), in_ch=3))
+            self.nets[name] = self.build_critic()
         self.nets = {name: self.prepare(net) for name, net in self.nets.items()}
         n, betas = self.nets, (cg.beta1, 0.999)
         self.optimizers["G"] = torch.optim.Adam(

@@ -34,6 +34,8 @@ from csrgan.data.datasets import ImageFolder, PairedPatchDataset, UnpairedPatchD
 from csrgan.data.io import list_images, to_tensor, to_uint8, write_image
 from csrgan.fidelity import FIDELITY_KEYS, fidelity, gate
 from csrgan.models.artifacts import GeneratorSpec
+from csrgan.models.cyclegan import init_weights
+from csrgan.registry import DEGRADATION_CRITICS, DEGRADATION_GENERATORS
 from csrgan.train.context import TrainContext, unwrap
 from csrgan.train.keys import cyclegan_key
 from csrgan.train.loop import TrainLoop, derive_seed, evaluating
@@ -111,6 +113,19 @@ class DegradationLoop(TrainLoop):
             eval_every=cg.eval_every, checkpoint_every=cg.checkpoint_every,
         )  # fmt: skip
         self._build_data()
+        self._reals: list[np.ndarray] | None = None
+
+    def build_generator(self) -> nn.Module:
+        """A fresh ``cyclegan.generator`` with junyanz's init, unless it keeps its own (``keeps_init``:
+        the residual G must stay the identity at step 0)."""
+        g = self.cfg.cyclegan.generator
+        net = DEGRADATION_GENERATORS.build(g.type, **g.kwargs(), in_ch=3, out_ch=3)
+        return net if getattr(net, "keeps_init", False) else init_weights(net)
+
+    def build_critic(self) -> nn.Module:
+        """A fresh ``cyclegan.discriminator`` with junyanz's init."""
+        d = self.cfg.cyclegan.discriminator
+        return init_weights(DEGRADATION_CRITICS.build(d.type, **d.kwargs(), in_ch=3))
 
     def stream_seed(self, *stream: int) -> int:
         return derive_seed(self.cfg.cyclegan.seed, *stream)
@@ -165,9 +180,10 @@ class DegradationLoop(TrainLoop):
         return xs, gs
 
     def _fidelity(self, xs: list[np.ndarray], gs: list[np.ndarray]) -> dict[str, Any]:
-        assert self.cfg.data.real_lr is not None
-        reals = list(ImageFolder(self.cfg.data.real_lr, cache=False))
-        fid = fidelity(xs, gs, reals)
+        if self._reals is None:  # read once per run, on the rank that evaluates
+            assert self.cfg.data.real_lr is not None
+            self._reals = list(ImageFolder(self.cfg.data.real_lr, cache=False))
+        fid = fidelity(xs, gs, self._reals)
         g = self.cfg.cyclegan.gate
         return {**fid, **gate(fid, g.min_lowfreq_psnr, g.max_gx_psnr, g.max_hf_w1_ratio)}
 

@@ -29,8 +29,7 @@ import torch.nn.functional as F
 
 from csrgan.config import ExperimentConfig
 from csrgan.frequency import high_pass, low_pass
-from csrgan.models.cyclegan import init_weights
-from csrgan.registry import DEGRADATION_CRITICS, DEGRADATION_GENERATORS, GAN_LOSSES
+from csrgan.registry import GAN_LOSSES
 from csrgan.train.context import TrainContext, unwrap
 from csrgan.train.cyclegan import LinearDecay
 from csrgan.train.degradation import DegradationLoop
@@ -49,10 +48,8 @@ class DSGANLoop(DegradationLoop):
     def __init__(self, cfg: ExperimentConfig, ctx: TrainContext) -> None:
         super().__init__(cfg, ctx)
         cg = cfg.cyclegan
-        g, d = cg.generator, cg.discriminator
-        net = DEGRADATION_GENERATORS.build(g.type, **g.kwargs(), in_ch=3, out_ch=3)
-        self.nets["G"] = net if getattr(net, "keeps_init", False) else init_weights(net)
-        self.nets["D"] = init_weights(DEGRADATION_CRITICS.build(d.type, **d.kwargs(), in_ch=3))
+        self.nets["G"] = self.build_generator()
+        self.nets["D"] = self.build_critic()
         self.nets = {name: self.prepare(n) for name, n in self.nets.items()}
         betas = (cg.beta1, 0.999)
         for name in ("G", "D"):

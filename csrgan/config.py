@@ -2,8 +2,9 @@
 
 One YAML file describes data, the CycleGAN stage, the SRGAN stage, evaluation, resources and the search.
 Every section is a pydantic model with ``extra="forbid"``: a typo is an error that names the field, not a
-silently ignored key. YAML is read with ``yaml.safe_load``; ``--set a.b=c`` overrides are parsed as YAML
-scalars (never ``eval``) and then validated by the same schema, so they are typed like the file.
+silently ignored key. YAML is read by :mod:`csrgan.yaml_io` (safe loader, no duplicate keys, bounded);
+``--set a.b=c`` overrides are parsed as YAML scalars (never ``eval``) and then validated by the same
+schema, so they are typed like the file.
 
 Networks, losses and metrics are named, not enumerated: ``sr.generator: {type: srresnet, channels: 32}``
 is checked against :data:`csrgan.registry.SR_GENERATORS` (the name, then every argument against the
@@ -23,11 +24,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from csrgan import registry as R
 from csrgan.storage import StorageError, storage_root
+from csrgan.yaml_io import YAMLInputError, excerpt, load_yaml_file, load_yaml_text
 
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
 PosInt = Annotated[int, Field(gt=0)]
@@ -472,7 +473,9 @@ class SearchConfig(Strict):
     method: Literal["grid", "random", "optuna"] = "grid"
     metric: MetricSpec
     parameters: dict[str, ParamSpec] = Field(default_factory=dict)
-    seeds: list[NonNegInt] = Field(default_factory=lambda: [0])
+    seeds: list[NonNegInt] = Field(
+        default_factory=lambda: [0], min_length=1, description="each configuration runs once per seed"
+    )
     num_samples: PosInt = Field(default=1, description="random/optuna: configurations to try")
     scheduler: FIFOConfig | ASHAConfig = Field(default_factory=FIFOConfig, discriminator="type")
     sampler_seed: NonNegInt = 0
@@ -565,6 +568,23 @@ class ExperimentConfig(Strict):
             raise ValueError(str(exc)) from None
         return v
 
+    def _check_search_metric(self, test_set: str) -> None:
+        """The searched metric is computed (in ``eval.metrics``) on a set that has ground truth."""
+        assert self.search is not None
+        name = self.search.metric.name
+        metric = name.rsplit("/", 1)[1]
+        if metric not in self.eval.metrics:
+            raise ValueError(
+                f"search.metric.name {name!r}: {metric!r} is not in eval.metrics {self.eval.metrics}, "
+                "so no trial would report it"
+            )
+        ts = next((t for t in self.data.test_sets if t.name == test_set), None)
+        if ts is not None and ts.hr is None:
+            raise ValueError(
+                f"search.metric.name {name!r}: test set {test_set!r} has no `hr` (no ground truth), and "
+                f"{metric} compares with the HR; search on a set with `hr`"
+            )
+
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
         sr = self.sr
@@ -598,6 +618,7 @@ class ExperimentConfig(Strict):
                     f"search.metric.name {self.search.metric.name!r}: no test set {metric_set!r} "
                     f"(have: {sorted(test_names)})"
                 )
+            self._check_search_metric(metric_set)
         return self
 
 
@@ -633,9 +654,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"--set {item!r}: bad key {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+        value = load_yaml_text(raw, f"--set {item!r}") if raw.strip() else ""
+    except YAMLInputError as exc:
+        raise ConfigError(f"{exc} (the value must be a YAML scalar or list)") from None
     # YAML 1.1 reads "5e-3" as a string; accept it as the float users mean.
     if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
         value = float(value)
@@ -664,7 +685,7 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) or got is None else f" (got {excerpt(got)})"
         lines.append(f"  - {loc}: {msg}{shown}")
     return "\n".join(lines)
 
@@ -718,7 +739,7 @@ def _check_search_values(cfg: ExperimentConfig, source: str) -> None:
                     ExperimentConfig.model_validate(trial)
                 except ValidationError as exc:
                     msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-                    problems.append(f"  - search.parameters.{name}.{form}[{i}]: {msg} (got {value!r})")
+                    problems.append(f"  - search.parameters.{name}.{form}[{i}]: {msg} (got {excerpt(value)})")
     for i, arm in enumerate(cfg.search.arms):
         trial = copy.deepcopy(base)
         for name, value in arm.items():
@@ -729,7 +750,7 @@ def _check_search_values(cfg: ExperimentConfig, source: str) -> None:
             for err in exc.errors():
                 loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
                 msg = err["msg"].removeprefix("Value error, ")
-                got = f" (got {arm[loc]!r})" if loc in arm else ""
+                got = f" (got {excerpt(arm[loc])})" if loc in arm else ""
                 problems.append(f"  - search.arms[{i}]: {loc + ': ' if loc else ''}{msg}{got}")
     if problems:
         raise ConfigError(
@@ -738,13 +759,14 @@ def _check_search_values(cfg: ExperimentConfig, source: str) -> None:
 
 
 def load_raw(path: str | Path) -> dict[str, Any]:
+    """The file as a dict (:mod:`csrgan.yaml_io`: bounded, UTF-8, no duplicate keys), else ConfigError."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: config file not found" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raw = load_yaml_file(path)
+    except YAMLInputError as exc:
+        raise ConfigError(str(exc)) from None
     if raw is None:
         raise ConfigError(f"{path}: file is empty")
     if not isinstance(raw, dict):

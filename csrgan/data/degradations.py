@@ -81,6 +81,9 @@ class _ParamError(ValueError):
         super().__init__(message)
         self.param = param
 
+    def __reduce__(self):  # noqa: ANN204 - pickles with both arguments (the default passes only args)
+        return (type(self), (self.param, str(self)))
+
 
 # ------------------------------------------------------------------------------------------ parameters
 @dataclass(frozen=True)
@@ -639,15 +642,15 @@ class DegradationPipeline:
 
 def load_pipeline(path: str | Path) -> DegradationPipeline:
     """Read a pipeline YAML (a list of steps, or a mapping with ``steps:``). Errors name the file."""
+    from csrgan.yaml_io import YAMLInputError, load_yaml_file
+
     path = Path(path)
+    if not path.is_file():
+        raise DegradationConfigError(f"cannot read degradation pipeline {path}: no such file")
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise DegradationConfigError(f"cannot read degradation pipeline {path}: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise DegradationConfigError(f"{path}: invalid YAML: {exc}") from None
+        data = load_yaml_file(path)
+    except YAMLInputError as exc:
+        raise DegradationConfigError(str(exc)) from None
     try:
         return DegradationPipeline.from_config(data)
     except DegradationConfigError as exc:

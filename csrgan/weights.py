@@ -71,7 +71,16 @@ class WeightsError(RuntimeError):
 class MissingWeightsError(WeightsError):
     """A weights file is not where it must be. The message names the file, the path and the fix."""
 
-    def __init__(self, message: str, *, filename: str, expected_path: Path, cache_dir: Path | None) -> None:
+    # Keyword defaults so that unpickling (``cls(message)``, then ``__dict__``) works: Ray re-raises a
+    # worker's exception in the driver that way; without them the real message became a TypeError.
+    def __init__(
+        self,
+        message: str,
+        *,
+        filename: str = "",
+        expected_path: Path | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
         super().__init__(message)
         self.filename = filename
         self.expected_path = expected_path
@@ -191,8 +200,16 @@ def _how_to_fix(spec: WeightSpec, cache: Path) -> str:
     return (
         f"To fix: on a machine with internet run `csrgan weights download {spec.name}` and copy "
         f"{spec.filename} into {cache}/ here (or copy that machine's whole checkpoints dir); "
-        f"or pass the file's path explicitly (the config's weights path / --weights PATH)."
+        f"or give the file's path: {_WHERE_TO_GIVE.get(spec.name, 'see docs')}."
     )
+
+
+#: Where a user names each weights file explicitly (config keys and CLI options that exist).
+_WHERE_TO_GIVE = {
+    "vgg19": "config key weights.vgg19",
+    "alexnet": "config key eval.lpips.source (csrgan evaluate: --lpips-weights PATH)",
+    "vgg16": "config key eval.lpips.source with eval.lpips.net: vgg",
+}
 
 
 def resolve(name: str, source: str | Path | None = None) -> Path:

@@ -247,7 +247,7 @@ def test_relative_data_that_is_not_uploaded_is_refused(tmp_path: Path) -> None:
             [
                 "data.train_hr=/mnt/d/hr",
                 "data.real_lr=~/lr",
-                "data.test_sets=[{name: div2k_unknown, lr: /x}]",
+                "data.test_sets=[{name: div2k_unknown, hr: /x/hr, lr: /x/lr}]",
             ],
             storage="/mnt/shared/results",
         )

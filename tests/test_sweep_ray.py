@@ -145,6 +145,34 @@ def test_diverged_trial_is_marked_and_sweep_goes_on(tmp_path: Path, demo_dir: Pa
     assert list(status[1e-4]) == ["finished"]
     assert list(status[1e30]) == ["diverged"]
     assert sorted(outcome.statuses.values()) == ["diverged", "finished"]
+    assert not outcome.errors and not outcome.stage_errors  # diverged is a result, not an error
+
+
+def test_a_trial_in_error_makes_the_sweep_exit_1_with_why_after_writing_the_rest(
+    tmp_path: Path, demo_dir: Path
+) -> None:
+    """The 10-iteration degradation stage is the identity, so the quality gate refuses it: the p = 1 trial
+    ends in error, the p = 0 trial finishes and its rows are written, and the command says which and why."""
+    storage = tmp_path / "results"
+    raw = tiny("gate", storage, demo_dir)
+    raw["cyclegan"] = {**raw["cyclegan"], "accept_poor": False}
+    path = tmp_path / "gate.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [*CSRGAN, "sweep", str(path), "--num-cpus", "2"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 1, (proc.returncode, proc.stdout[-3000:], proc.stderr[-3000:])
+    err = proc.stderr
+    assert "1 trial(s) and 1 stage(s) ended in error" in err, err[-3000:]
+    assert "sr.mix_prob=1.0" in err and "PoorStageError" in err and "REFUSED by the quality gate" in err
+    df = pd.read_parquet(storage / "gate")
+    p0, p1 = df[df["param.sr.mix_prob"] == 0.0], df[df["param.sr.mix_prob"] == 1.0]
+    assert set(p0["status"]) == {"finished"} and "gan" in set(p0["phase"])
+    assert set(p1["status"]) <= {"error"}  # whatever it wrote before the stage was refused says so
+    meta = json.loads((storage / "gate" / "_sweep.json").read_text())
+    assert len(meta["runs"][-1]["errors"]) == 1
 
 
 def test_asha_stops_a_clearly_worse_trial(tmp_path: Path, demo_dir: Path) -> None:

@@ -132,7 +132,7 @@ def test_missing_vgg19_names_file_path_and_fix(torch_home: Path) -> None:
     assert "vgg19-dcbb9e9d.pth" in msg
     assert str(expected) in msg
     assert "csrgan weights download vgg19" in msg
-    assert "--weights" in msg
+    assert "weights.vgg19" in msg and "--weights" not in msg  # the key that exists, not a missing option
     assert err.value.expected_path == expected
     assert err.value.cache_dir == expected.parent
     assert not expected.parent.exists() or not any(expected.parent.iterdir()), "nothing may be downloaded"

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from csrgan.cli.common import EXIT_CONFIG, fail, user_errors
+from csrgan.cli.common import EXIT_CONFIG, EXIT_ERROR, fail, user_errors
 
 EXIT_INCOMPLETE = 3  # the sweep stopped with unfinished trials (Ctrl-C, driver lost): resume it
 
@@ -30,35 +30,51 @@ def sweep(
         str | None, typer.Option(help="results/stages root (overrides the file's `storage`)")
     ] = None,
     num_cpus: Annotated[
-        int | None, typer.Option(help="embedded Ray only: CPUs to use (default: all)")
+        int | None, typer.Option(min=1, help="embedded Ray only: CPUs to use (default: all)")
     ] = None,
-    dry_run: Annotated[bool, typer.Option(help="validate and print the trial plan; start nothing")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="check every input and print the trial plan; start and write nothing")
+    ] = False,
+    check_data: Annotated[
+        bool,
+        typer.Option(help="decode every image in every data folder first (default: small folders only)"),
+    ] = False,
 ) -> None:
     """Run a sweep from an experiment file on Ray Tune (+ Optuna), with results in Parquet.
 
+    Before Ray starts, every input is checked (data folders, image sizes, LR/HR pairs, weights,
+    storage); all problems are listed at once and the command exits 2 having written nothing.
     The CycleGAN stage is trained once per distinct CycleGAN config and SRResNet pre-training once per
     distinct pre-training config; both are reused by later trials and sweeps under the same storage.
+    Exit codes: 0 every trial finished (or diverged / was stopped by the scheduler), 1 a trial or stage
+    ended in error, 2 bad input (nothing started), 3 interrupted (resume it).
     """
-    with user_errors():
+    from csrgan.sweep.driver import SweepError
+
+    if address is not None and num_cpus is not None:
+        fail("--num-cpus sizes an embedded Ray cluster; it cannot be combined with --address", EXIT_CONFIG)
+    with user_errors(config=(SweepError,)):
         from csrgan.config import load_config
         from csrgan.data.layout import resolve_data
+        from csrgan.sweep.driver import check_fits, embedded_resources, plan_sweep
 
-        cfg = load_config(config, set_ or [])
+        cfg = resolve_data(load_config(config, set_ or []), build_demo=False)
         if storage:
             cfg = cfg.model_copy(update={"storage": storage})
         if dry_run:
-            _print_plan(cfg)
+            plan = plan_sweep(cfg, resume=resume, check_data=check_data, echo=lambda _m: None)
+            if address is None:
+                check_fits(plan.cfg, embedded_resources(num_cpus))
+            _print_plan(plan.cfg)
+            typer.echo("inputs checked: no problems found (nothing was started or written)", err=True)
             return
-        cfg = resolve_data(cfg)
 
-    from csrgan.sweep.driver import SweepError, run_sweep
+    from csrgan.sweep.driver import run_sweep
 
-    try:
+    with user_errors(config=(SweepError,)):
         outcome = run_sweep(
-            cfg, resume=resume, address=address, storage=storage, num_cpus=num_cpus, echo=typer.echo
+            cfg, resume=resume, address=address, num_cpus=num_cpus, echo=typer.echo, check_data=check_data
         )
-    except SweepError as exc:
-        fail(str(exc), EXIT_CONFIG)
 
     _print_summary(cfg, outcome.results_dir)
     if outcome.baseline:
@@ -75,6 +91,7 @@ def sweep(
             f"(Ray start, trial start-up, idle slots) took ~{100 * (1 - busy):.0f}% "
             f"(details in {outcome.results_dir / '_sweep.json'})"
         )
+    _print_errors(outcome)
     if not outcome.complete:
         cmd = " ".join(shlex.quote(a) for a in ["csrgan", "sweep", str(config), *_set_args(set_), "--resume"])
         typer.echo(
@@ -82,6 +99,22 @@ def sweep(
             err=True,
         )
         raise typer.Exit(EXIT_INCOMPLETE)
+    if outcome.errors or outcome.stage_errors:
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _print_errors(outcome) -> None:  # noqa: ANN001
+    """Which trials and stages ended in error, and why (the first line of each error), on stderr."""
+    if not (outcome.errors or outcome.stage_errors):
+        return
+    lines = [f"  stage {name}: {why}" for name, why in sorted(outcome.stage_errors.items())]
+    lines += [f"  trial {tid} ({why})" for tid, why in sorted(outcome.errors.items())]
+    n, m = len(outcome.errors), len(outcome.stage_errors)
+    typer.echo(
+        f"\nerror: {n} trial(s) and {m} stage(s) ended in error; the rows of every other trial are written "
+        f"(details: Tune's error.txt under {outcome.results_dir / '_tune'}):\n" + "\n".join(lines),
+        err=True,
+    )
 
 
 def _print_phase_table(cfg, df, by: list[str], phase: str) -> None:  # noqa: ANN001

@@ -67,6 +67,9 @@ AddressOpt = Annotated[
 NumCpusOpt = Annotated[
     int | None, typer.Option("--num-cpus", min=1, help="CPUs of the embedded Ray cluster (default: all)")
 ]
+CheckDataOpt = Annotated[
+    bool, typer.Option("--check-data", help="decode every training/test image first (default: small folders)")
+]
 
 
 def _prepare(
@@ -78,13 +81,21 @@ def _prepare(
     local: bool | None,
     address: str | None,
     num_cpus: int | None,
+    stages: set[str],
+    check_data: bool = False,
 ) -> tuple[Any, Any]:
-    """(validated config, :class:`csrgan.train.pipeline.TrainOptions`) or exit 2 with the reason."""
+    """(validated config, :class:`csrgan.train.pipeline.TrainOptions`) or exit 2 with the reason.
+
+    The inputs ``stages`` read are checked here (:mod:`csrgan.preflight`), before any worker starts.
+    """
     from csrgan.config import ConfigError, load_config
+    from csrgan.data.layout import resolve_data
+    from csrgan.preflight import preflight
     from csrgan.train.pipeline import TrainOptions
 
     try:
         cfg = load_config(config, sets or [])
+        preflight([resolve_data(cfg, build_demo=False)], stages=stages, check_data=check_data)
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
     if local is True:
@@ -166,12 +177,13 @@ def cyclegan(
     local: LocalOpt = None,
     address: AddressOpt = None,
     num_cpus: NumCpusOpt = None,
+    check_data: CheckDataOpt = False,
 ) -> None:
     """Stage 1: learn the degradation G: bicubic LR -> real LR into OUT/cyclegan (resumes if interrupted)."""
     from csrgan.train.degradation import judge_stage
     from csrgan.train.pipeline import train_cyclegan_stage
 
-    cfg, opts = _prepare(config, sets, workers, gpus, out, local, address, num_cpus)
+    cfg, opts = _prepare(config, sets, workers, gpus, out, local, address, num_cpus, {"cyclegan"}, check_data)
     results = _run(train_cyclegan_stage, cfg, opts)
     _summarise(results)
     if results and results[-1].final:
@@ -206,6 +218,7 @@ def srgan(
     local: LocalOpt = None,
     address: AddressOpt = None,
     num_cpus: NumCpusOpt = None,
+    check_data: CheckDataOpt = False,
 ) -> None:
     """Stage 2: SRResNet pre-training (OUT/pretrain) and/or SRGAN (OUT/gan) (resumes if interrupted)."""
     from csrgan.train.degradation import PoorStageError, judge_stage, require_usable
@@ -213,7 +226,7 @@ def srgan(
 
     if phase not in ("pretrain", "gan", "both"):
         fail(f"--phase: {phase!r} is not pretrain, gan or both", EXIT_CONFIG)
-    cfg, opts = _prepare(config, sets, workers, gpus, out, local, address, num_cpus)
+    cfg, opts = _prepare(config, sets, workers, gpus, out, local, address, num_cpus, {"sr"}, check_data)
     # Inputs that must exist are checked here, before any worker starts.
     if cfg.sr.uses_degradation_stage():
         if cyclegan is None:

@@ -77,6 +77,14 @@ class ImageFolder(Dataset):
         return img
 
 
+def lr_stem_candidates(hr_stem: str, scale: int) -> list[str]:
+    """The LR file stems that may pair with HR stem ``hr_stem`` (see :func:`match_lr_files`)."""
+    names = [hr_stem, f"{hr_stem}x{scale}", f"{hr_stem}_x{scale}"]
+    if hr_stem.endswith("_HR"):
+        names.append(hr_stem[: -len("_HR")] + "_LR")
+    return names
+
+
 def match_lr_files(hr_paths: Sequence[Path], lr_dir: str | Path, scale: int) -> list[Path]:
     """The LR file for each HR file, by name.
 
@@ -89,10 +97,7 @@ def match_lr_files(hr_paths: Sequence[Path], lr_dir: str | Path, scale: int) -> 
     out: list[Path] = []
     used: set[Path] = set()
     for hr in hr_paths:
-        s = hr.stem
-        names = [s, f"{s}x{scale}", f"{s}_x{scale}"]
-        if s.endswith("_HR"):
-            names.append(s[: -len("_HR")] + "_LR")
+        names = lr_stem_candidates(hr.stem, scale)
         found = [by_stem[n] for n in names if n in by_stem]
         if not found:
             raise FileNotFoundError(

@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from csrgan.config import ExperimentConfig
+from csrgan.config import ExperimentConfig, with_params
+from csrgan.preflight import preflight
 from csrgan.storage import StorageError, SweepLayout
 from csrgan.sweep.recorder import git_commit
 from csrgan.sweep.space import TrialSpec, expand_trials, optuna_space, trial_config
@@ -45,6 +46,8 @@ class SweepOutcome:
     timing: dict[str, float] = field(default_factory=dict)
     baseline: dict[str, float] = field(default_factory=dict)
     stage_reuse: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # trial id -> "label: first line of its error"
+    stage_errors: dict[str, str] = field(default_factory=dict)  # stage -> why it failed or was refused
 
     @property
     def complete(self) -> bool:
@@ -86,12 +89,37 @@ def plan_trials(cfg: ExperimentConfig) -> list[TrialSpec]:
     return sorted(trials, key=lambda t: "cyclegan" in shared_stages(trial_config(cfg, t)))  # stable
 
 
+def sweep_configs(cfg: ExperimentConfig, trials: list[TrialSpec]) -> list[ExperimentConfig]:
+    """The base config and every configuration its trials can take, for the preflight: each planned
+    trial (grid, arms, random samples), or for Optuna each listed value and each end of each range."""
+    if cfg.search is None or cfg.search.method != "optuna":
+        return [cfg, *(trial_config(cfg, t) for t in trials)]
+    out = [cfg]
+    for name, spec in cfg.search.parameters.items():
+        for value in spec.values or spec.uniform or spec.log_uniform or spec.int_uniform or ():
+            out.append(with_params(cfg, {name: value}))
+    return out
+
+
 def plan_sweep(
-    cfg: ExperimentConfig, *, resume: bool = False, storage: str | None = None, echo: Echo = print
+    cfg: ExperimentConfig,
+    *,
+    resume: bool = False,
+    storage: str | None = None,
+    echo: Echo = print,
+    check_data: bool = False,
 ) -> SweepPlan:
-    """Lay out storage and check resume state and weights; nothing is started (raises :class:`SweepError`)."""
+    """Check every input (:mod:`csrgan.preflight`), lay out storage, check resume state and weights.
+
+    Nothing is started or written. Raises :class:`csrgan.preflight.PreflightError` (all input problems
+    at once) or :class:`SweepError`. ``check_data`` decodes every image, not only small folders'.
+    """
+    if storage:
+        cfg = cfg.model_copy(update={"storage": storage})
+    trials = plan_trials(cfg)
+    preflight(sweep_configs(cfg, trials), check_data=check_data)
     try:
-        layout = SweepLayout.of(storage or cfg.storage, cfg.name)
+        layout = SweepLayout.of(cfg.storage, cfg.name)
     except StorageError as exc:
         raise SweepError(str(exc)) from None
     if resume and not layout.tune.is_dir():
@@ -101,7 +129,6 @@ def plan_sweep(
             f"sweep {cfg.name!r} already has state at {layout.results}. Continue it with --resume, "
             f"or start a new one with another name (--set name=...) or storage (--storage DIR)"
         )
-    trials = plan_trials(cfg)
     _check_reused_degradations(cfg, layout, trials)
     return SweepPlan(_lpips_preflight(cfg, echo), layout, trials, resume)
 
@@ -124,17 +151,17 @@ def _check_reused_degradations(cfg: ExperimentConfig, layout: SweepLayout, trial
 
 
 def _lpips_preflight(cfg: ExperimentConfig, echo: Echo) -> ExperimentConfig:
-    """Find missing LPIPS weights before any trial starts: fail (not optional) or say so once, loudly."""
-    if "lpips" not in cfg.eval.metrics or cfg.eval.lpips.random_backbone:
+    """Optional LPIPS with missing weights: say so once, loudly, and drop the metric (the preflight has
+    already refused missing weights that are not optional)."""
+    lp = cfg.eval.lpips
+    if "lpips" not in cfg.eval.metrics or lp.random_backbone or not lp.optional:
         return cfg
     from csrgan.weights import MissingWeightsError, resolve
 
-    backbone = "alexnet" if cfg.eval.lpips.net == "alex" else "vgg16"
+    backbone = "alexnet" if lp.net == "alex" else "vgg16"
     try:
-        resolve(backbone, cfg.eval.lpips.source)
+        resolve(backbone, lp.source)
     except MissingWeightsError as exc:
-        if not cfg.eval.lpips.optional:
-            raise SweepError(f"{exc}\n(or mark LPIPS optional: eval.lpips.optional: true)") from None
         bar = "!" * 78
         echo(
             f"{bar}\nLPIPS DISABLED for this sweep: the {backbone} backbone weights are missing and "
@@ -153,6 +180,15 @@ def trial_resources(cfg: ExperimentConfig) -> dict[str, float]:
     return {"CPU": 1.0}
 
 
+def embedded_resources(num_cpus: int | None) -> dict[str, float]:
+    """What the embedded cluster will have: ``num_cpus`` (default: the CPUs this process may use, as
+    Ray counts them) and every visible GPU."""
+    import torch
+
+    cpus = num_cpus if num_cpus is not None else len(os.sched_getaffinity(0))
+    return {"CPU": float(cpus), "GPU": float(torch.cuda.device_count())}
+
+
 def check_fits(cfg: ExperimentConfig, cluster: dict[str, float]) -> int:
     """How many trials fit at once; raise if not even one does (Ray would otherwise wait forever)."""
     r = cfg.resources
@@ -161,6 +197,7 @@ def check_fits(cfg: ExperimentConfig, cluster: dict[str, float]) -> int:
     have_cpu, have_gpu = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
     if need_cpu > have_cpu or need_gpu > have_gpu:
         raise SweepError(
+            "resources: "
             f"one trial needs {need_cpu:g} CPU and {need_gpu:g} GPU "
             f"(resources.workers={r.workers} × cpus_per_worker={r.cpus_per_worker:g}, gpus_per_worker="
             f"{r.gpus_per_worker:g}{', plus 1 CPU for the trial driver' if r.workers > 1 else ''}), "
@@ -181,11 +218,33 @@ def run_sweep(
     storage: str | None = None,
     num_cpus: int | None = None,
     echo: Echo = print,
+    check_data: bool = False,
 ) -> SweepOutcome:
-    """Run (or resume) the sweep described by a resolved config (see ``csrgan.data.layout.resolve_data``)."""
+    """Run (or resume) the sweep of ``cfg`` (data paths absolute: ``csrgan.data.layout.resolve_data``).
+
+    Everything is checked first (:func:`plan_sweep`); only then is the demo set built (``data.demo``),
+    the results folder made and Ray started. A fresh sweep that fails before its first trial starts
+    leaves no Tune state behind, so the corrected file runs without ``--resume``.
+    """
     t0 = time.time()
-    plan = plan_sweep(cfg, resume=resume, storage=storage, echo=echo)
+    plan = plan_sweep(cfg, resume=resume, storage=storage, echo=echo, check_data=check_data)
+    if address is None:  # the embedded cluster's size is known before it starts: check now
+        check_fits(plan.cfg, embedded_resources(num_cpus))
+    _build_demo(plan.cfg)
+    fresh = not plan.layout.tune.exists()
     plan.layout.results.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_planned(plan, t0, address, num_cpus, echo)
+    except BaseException:
+        if fresh and not resume:
+            _discard_unstarted(plan.layout)
+        raise
+
+
+def _run_planned(
+    plan: SweepPlan, t0: float, address: str | None, num_cpus: int | None, echo: Echo
+) -> SweepOutcome:
+    cfg = plan.cfg
     for key, value in (
         ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1"),  # checkpoint-only reports lack metrics
         ("RAY_AIR_NEW_OUTPUT", "0"),  # our ProgressCallback prints progress; Tune stays quiet
@@ -199,14 +258,35 @@ def run_sweep(
     baseline = _bicubic_baseline(plan.cfg, echo)
     stage_tasks = _start_cyclegan_builds(plan, echo)  # the stage DAG: CycleGANs first, as Ray tasks
     grid, interrupted = _fit_noting_interrupt(_tuner(plan, slots, echo))
-    _report_stage_tasks(stage_tasks, echo)
+    stage_errors = _report_stage_tasks(stage_tasks, echo)
     outcome = finish_sweep(plan, grid, t0, interrupted)
+    outcome.stage_errors = stage_errors
     outcome.baseline = baseline
     outcome.timing["slots"] = slots
     for name, n in sorted(outcome.stage_reuse.items()):
         echo(f"stage {name}: reused by {n} trial(s)")
     _write_meta(plan, started=False, outcome=outcome)
     return outcome
+
+
+def _build_demo(cfg: ExperimentConfig) -> None:
+    """Build (or reuse) the demo set the config names; after the preflight, before anything else."""
+    demo = cfg.data.demo
+    if demo is None:
+        return
+    from csrgan.data.demo import build_demo
+
+    build_demo(demo.dir, seed=demo.seed)
+
+
+def _discard_unstarted(layout: SweepLayout) -> None:
+    """Remove the Tune state of a sweep none of whose trials started (no trial folder, no row)."""
+    import shutil
+
+    started = layout.trials.is_dir() and any(layout.trials.iterdir())
+    rows = any(layout.results.glob("*.parquet")) or any(layout.results.glob("*/*.parquet"))
+    if not started and not rows and layout.tune.exists():
+        shutil.rmtree(layout.tune, ignore_errors=True)
 
 
 def _start_cluster(plan: SweepPlan, address: str | None, num_cpus: int | None) -> int:
@@ -328,6 +408,9 @@ def _bicubic_baseline(cfg: ExperimentConfig, echo: Echo) -> dict[str, float]:
     return base
 
 
+_REFUSED = "built, and REFUSED by the quality gate"
+
+
 def _build_cyclegan_task(cfg_json: dict[str, Any], layout: SweepLayout) -> str:
     """Ray task: build (or reuse) one CycleGAN stage before the trials that need it start."""
     from csrgan.config import validate_config
@@ -336,7 +419,7 @@ def _build_cyclegan_task(cfg_json: dict[str, Any], layout: SweepLayout) -> str:
     try:
         out = build_shared_stages(validate_config(cfg_json), layout, built_by="driver", only=("cyclegan",))
     except PoorStageError as exc:
-        return f"built, and REFUSED by the quality gate: {exc}"
+        return f"{_REFUSED}: {exc}"
     q = out["cyclegan"].info.get("quality", {})
     verdict = f"quality {q.get('verdict')}" + (
         " (accepted: cyclegan.accept_poor)" if q.get("accepted_poor") else ""
@@ -367,14 +450,35 @@ def _start_cyclegan_builds(plan: SweepPlan, echo: Echo) -> list[tuple[Any, str]]
     return tasks
 
 
-def _report_stage_tasks(tasks: list[tuple[Any, str]], echo: Echo) -> None:
+def _report_stage_tasks(tasks: list[tuple[Any, str]], echo: Echo) -> dict[str, str]:
+    """Say how each stage build ended; returns the failed or refused ones (``stage key -> why``)."""
     import ray
 
+    failed: dict[str, str] = {}
     for ref, label in tasks:
         try:
-            echo(f"stage cyclegan {label}: {ray.get(ref)}")
+            verdict = ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - surfaced to the user; trials that needed it failed too
-            echo(f"stage cyclegan {label}: FAILED ({exc})")
+            failed[f"cyclegan {label}"] = error_headline(str(exc))
+            echo(f"stage cyclegan {label}: FAILED ({failed[f'cyclegan {label}']})")
+            continue
+        echo(f"stage cyclegan {label}: {verdict}")
+        if verdict.startswith(_REFUSED):
+            failed[f"cyclegan {label}"] = verdict.split("\n", 1)[0]
+    return failed
+
+
+def error_headline(text: str) -> str:
+    """The line that says what went wrong in a (Ray-wrapped) traceback: the innermost exception's
+    first line (``ValueError: data.train_hr ...``), not Ray's wrapper or the frames."""
+    lines = [ln.rstrip() for ln in text.strip().splitlines()]
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")]
+    if starts:
+        for ln in lines[starts[-1] + 1 :]:
+            if ln and not ln.startswith((" ", "\t")):
+                return ln[:300]
+    shown = [ln for ln in lines if ln.strip()]
+    return shown[0][:300] if shown else "(no message)"
 
 
 def _fit_noting_interrupt(tuner: Any) -> tuple[Any, bool]:
@@ -422,11 +526,27 @@ def finish_sweep(plan: SweepPlan, grid: Any, t0: float, interrupted: bool) -> Sw
         status = _trial_status(plan.cfg, trial.status, on_disk, df, interrupted)
         if status == "unfinished":
             outcome.unfinished.append(tid)
+        if status == "error":
+            outcome.errors[tid] = f"{_trial_label(trial)}: {_trial_error(trial)}"
         outcome.statuses[tid] = status
         if df is not None and not df.empty and status not in ("unfinished", on_disk):
             store.write_trial(tid, _records(df), status=status)
     outcome.timing = {"wall_s": round(outcome.wall_s, 1), "train_s": round(train_s, 1)}
     return outcome
+
+
+def _trial_label(trial: Any) -> str:
+    spec = (getattr(trial, "config", None) or {}).get("trial") or {}
+    params = {**spec.get("params", {}), **({"seed": spec["seed"]} if "seed" in spec else {})}
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "(optuna trial)"
+
+
+def _trial_error(trial: Any) -> str:
+    try:
+        text = trial.get_error()
+    except Exception:  # noqa: BLE001 - the error file may be gone; say so rather than fail the summary
+        text = None
+    return error_headline(text) if text else "(no error text recorded by Tune)"
 
 
 def _trial_status(
@@ -494,6 +614,8 @@ def _write_meta(plan: SweepPlan, started: bool, outcome: SweepOutcome | None = N
                 "wall_s": round(outcome.wall_s, 1),
                 "statuses": outcome.statuses,
                 "unfinished": outcome.unfinished,
+                "errors": outcome.errors,
+                "stage_errors": outcome.stage_errors,
                 "timing": outcome.timing,
             }
         )
@@ -507,9 +629,12 @@ __all__ = [
     "SweepOutcome",
     "SweepPlan",
     "check_fits",
+    "embedded_resources",
+    "error_headline",
     "devices_of",
     "finish_sweep",
     "plan_sweep",
     "plan_trials",
     "run_sweep",
+    "sweep_configs",
 ]

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from csrgan.config import ExperimentConfig, validate_config
+from csrgan.train import embedded
 from csrgan.train.context import CHECKPOINTS_DIR, ContextBase, ReporterFactory
 
 __all__ = [
@@ -52,9 +53,9 @@ __all__ = [
     "worker_threads",
 ]
 
-#: Node IP for an embedded cluster. Ray rewrites 127.0.0.1 into the machine's external address; any
-#: other 127.x.y.z is taken as given, which keeps every connection on loopback (checked with ``ss``).
-LOOPBACK_NODE_IP = "127.0.0.2"
+#: Node IP for an embedded cluster: 127.0.0.1, so that every Ray server also *listens* on loopback only
+#: (see :mod:`csrgan.train.embedded`: Ray keeps this IP as given only while ``EMBEDDED_ENV`` is set).
+LOOPBACK_NODE_IP = embedded.NODE_IP
 
 
 def ddp_kwargs() -> dict[str, Any]:
@@ -164,10 +165,19 @@ class RayTrainContext(ContextBase):
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> dict[str, float]:
     """Connect to Ray once; returns the cluster's total resources.
 
-    ``address=None`` starts an embedded single-node cluster that keeps all traffic on loopback (node
-    IP :data:`LOOPBACK_NODE_IP`, dashboard on 127.0.0.1; the dashboard must stay on, or placement
-    groups of stopped trials leak). Any other address (``"auto"``, ``"ray://..."``, ``"host:port"``)
-    joins an existing cluster, where ``num_cpus`` is an error (the cluster already has its size).
+    ``address=None`` starts an embedded single-node cluster (:func:`csrgan.train.embedded.start`) that
+    stays on loopback: node IP :data:`LOOPBACK_NODE_IP` (127.0.0.1), so GCS, raylet (node and object
+    manager), every core worker (driver, tasks, actors, Tune trials, Train workers), the dashboard agent
+    (gRPC, HTTP, metrics export), the runtime-env agent and the dashboard's and autoscaler's metrics ports
+    all listen on 127.0.0.1, and so does the dashboard (``dashboard_host``; it must stay on, or placement
+    groups of stopped trials leak); nothing is disabled. For that, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
+    is set (unless the user set it) while Ray's processes start, then taken out of ``os.environ`` again.
+    A reaper process ends the session's Ray processes once this driver exits, even by SIGKILL (the
+    dashboard and runtime-env agents would otherwise listen on for 60 s). Not covered: torch's c10d
+    TCPStore in rank 0 of a Ray Train group listens on ``[::]`` (torch has no bind address for it).
+
+    Any other address (``"auto"``, ``"ray://..."``, ``"host:port"``) joins an existing cluster, where
+    ``num_cpus`` is an error (the cluster already has its size); nothing above applies to it.
     Idempotent: when Ray is already initialised nothing is started and the running cluster is used.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report from an embedded or joined driver
@@ -179,14 +189,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> dict[
         )
     if not ray.is_initialized():
         if address is None:
-            ray.init(
-                address="local",
-                _node_ip_address=LOOPBACK_NODE_IP,
-                include_dashboard=True,
-                dashboard_host="127.0.0.1",
-                num_cpus=num_cpus,
-                log_to_driver=True,
-            )
+            embedded.start(num_cpus)
         else:
             ray.init(address=address)
     return {k: float(v) for k, v in ray.cluster_resources().items()}

@@ -81,7 +81,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise
     except FileNotFoundError:
         raise ImageReadError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
 
 
@@ -94,7 +94,7 @@ def image_header(path: str | Path) -> tuple[int, int, str]:
             w, h, mode = im.width, im.height, im.mode
     except FileNotFoundError:
         raise ImageReadError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}") from exc
     if mode not in READABLE_MODES:
         raise ImageReadError(f"cannot read image {path}: {_unsupported_mode(mode)}")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from csrgan.data.io import ImageReadError, list_images, read_image, to_uint8
+from csrgan.data.io import image_header, list_images, read_image, to_uint8
 from csrgan.models.artifacts import load_with_spec
 from csrgan.models.tiling import ModelFn, OnTile, count_tiles, iter_tiles
 
@@ -272,15 +272,8 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 def _lr_size(path: Path) -> tuple[int, int]:
     """``(h, w)`` of an image file from its header (no decoding), to size the progress bar."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except FileNotFoundError:
-        raise ImageReadError(f"image not found: {path}") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(f"cannot read image {path}: {exc}") from exc
+    w, h, _ = image_header(path)
+    return h, w
 
 
 def _check_targets(files: Sequence[Path], targets: Sequence[Path]) -> None:

@@ -18,9 +18,8 @@ from pathlib import Path
 
 from csrgan.config import ConfigError, ExperimentConfig
 from csrgan.data.check import FolderScan, check_min_size, check_pairs, scan_folder
+from csrgan.data.demo import demo_layout, unusable_demo_dir
 from csrgan.storage import StorageError, storage_root
-
-DEMO_MANIFEST = "manifest.json"
 
 
 class PreflightError(ConfigError):
@@ -85,24 +84,14 @@ def _storage_problems(storage: str) -> list[str]:
 
 def _demo_problems(cfg: ExperimentConfig) -> list[str]:
     demo = cfg.data.demo
-    if demo is None:
-        return []
-    root = Path(demo.dir)
-    if root.exists() and not root.is_dir():
-        return [f"data.demo.dir: {root} is a file; the demo set needs a folder"]
-    built = (root / DEMO_MANIFEST).is_file() or (root / ".building").exists()
-    if root.is_dir() and not built and any(root.iterdir()):
-        return [
-            f"data.demo.dir: {root} is not empty and has no demo {DEMO_MANIFEST}; csrgan builds the demo "
-            "set only in an empty or new folder (choose another data.demo.dir)"
-        ]
-    return []
+    why = None if demo is None else unusable_demo_dir(demo.dir)
+    return [] if why is None else [f"data.demo.dir: {why}"]
 
 
 def _unbuilt_demo_root(cfg: ExperimentConfig) -> Path | None:
     """The demo folder when the demo set is still to be built (its folders are made, not checked)."""
     demo = cfg.data.demo
-    if demo is None or (Path(demo.dir) / DEMO_MANIFEST).is_file():
+    if demo is None or demo_layout(demo.dir).manifest.is_file():
         return None
     return Path(demo.dir).resolve()
 

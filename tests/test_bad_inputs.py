@@ -336,3 +336,16 @@ def test_check_data_decodes_large_folders_too(
     assert res.exit_code == 0, res.output
     res = run_cli(world, ["sweep", str(path), "--dry-run", "--check-data"])
     assert res.exit_code == 2 and "im1.png" in res.stderr, res.output
+
+
+def test_an_interrupted_demo_build_is_not_refused(world: dict[str, Path]) -> None:
+    """A demo folder holding only a half-made build is resumed by build_demo, so the checks accept it."""
+    demo = world["root"] / "demo"
+    (demo / ".csrgan-demo-building" / "train").mkdir(parents=True)
+    path, _ = write_case(
+        Case("demo", (), edit=lambda c, w: (c.update(data={"demo": {"dir": str(demo)}}),
+                                            _set(c, "search.metric.name", "unknown/psnr"))),
+        world,
+    )  # fmt: skip
+    res = run_cli(world, ["sweep", str(path), "--dry-run"])
+    assert res.exit_code == 0, res.output

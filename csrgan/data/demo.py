@@ -96,6 +96,21 @@ def demo_layout(root: str | Path) -> DemoLayout:
     return DemoLayout(Path(root))
 
 
+def unusable_demo_dir(root: str | Path) -> str | None:
+    """Why the demo set cannot be built at ``root`` (a file; a non-empty folder that is neither a demo
+    set nor an interrupted build of one), or None. :func:`build_demo` and the preflight both ask this."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        return f"{root} is a file; the demo set needs a folder"
+    ours = demo_layout(root).manifest.is_file() or (root / _BUILDING).exists()
+    if root.is_dir() and not ours and any(root.iterdir()):
+        return (
+            f"{root} is not empty and has no demo manifest.json; choose an empty or new folder for the "
+            "demo set"
+        )
+    return None
+
+
 def skimage_image_path(filename: str) -> Path:
     """Path of an image bundled in the installed scikit-image (never downloads)."""
     import skimage
@@ -194,11 +209,8 @@ def build_demo(
             _say(f"demo set in {root} is up to date (seed {seed}, {len(old['files'])} files), skipping")
             return old
         _say(f"demo set in {root} does not match the request (or files changed); rebuilding")
-    elif root.exists() and any(root.iterdir()) and not (root / _BUILDING).exists():
-        raise FileExistsError(
-            f"{root} is not empty and has no demo manifest.json; "
-            "choose an empty or new folder for the demo set"
-        )
+    elif (why := unusable_demo_dir(root)) is not None:
+        raise FileExistsError(why)
 
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / _BUILDING

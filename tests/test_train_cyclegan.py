@@ -178,7 +178,7 @@ def test_evaluation_reports_table2_numbers_for_real_sets_and_writes_a_grid(short
     assert len({r["realset/bicubic_psnr"] for r in ctx.reports}) == 1
     assert len({r["realset/g_psnr"] for r in ctx.reports}) > 1
     grid = read_image(ctx.out_dir / "grids" / "cyclegan_realset_step40.png")
-    assert grid.shape == (16, 3 * 16 + 2 * 2, 3)  # one row: bicubic x | G(x) | real y, 16 px each
+    assert grid.shape[1] > 3 * 128 and 128 < grid.shape[0] < 3 * 128  # one labelled row: x | G(x) | y, 128 px
 
 
 def test_checkpoints_hold_the_full_state_and_load_weights_only(short_run) -> None:

@@ -242,24 +242,34 @@ class DegradationLoop(TrainLoop):
 
     @torch.no_grad()
     def _write_grids(self, G: nn.Module) -> None:
-        """``out_dir/grids/cyclegan_<set>_step<step>.png``: rows of bicubic x | G(x) | real y (LR scale)."""
-        from csrgan.data.resize import imresize
-        from csrgan.evaluation import comparison_grid, iter_test_images
+        """``out_dir/grids/cyclegan_<set>_step<step>.png`` per "real" set: bicubic x | G(x) | real y at LR
+        scale, labelled and with per-image PSNR vs x / vs y (:func:`csrgan.grids.degradation_grid`).
 
+        The images rotate with the evaluation (:func:`csrgan.grids.rotation`); G draws the same fixed
+        noise as :meth:`evaluate`, so "PSNR vs y" is the image's Table 2 ``g_psnr``.
+        """
+        from csrgan.data.datasets import TestSet
+        from csrgan.data.resize import imresize
+        from csrgan.grids import DegradationImage, degradation_grid, eval_round, rotation, run_caption
+
+        scale, seed = self.cfg.data.scale, self.stream_seed(STREAM_CACHE, 0)
+        caption = run_caption(self.ctx.out_dir, PHASE, {"learner": self.cfg.cyclegan.learner})
         for ts in self.cfg.data.test_sets:
             if ts.degradation != "real" or ts.hr is None or ts.lr is None:
                 continue
+            test_set = TestSet(ts.name, hr_dir=ts.hr, lr_dir=ts.lr, scale=scale)
+            n = len(test_set) if ts.max_images is None else min(len(test_set), ts.max_images)
             rows = []
-            for k, (_, real_lr, hr) in enumerate(iter_test_images(ts, self.cfg.data.scale)):
-                if k >= self.cfg.eval.grid_images:
-                    break
+            for k in rotation(n, self.cfg.eval.grid_images, eval_round(self.step, self.eval_every)):
+                name, real_lr, hr = test_set[k]
                 assert hr is not None
-                bic = imresize(hr, scale=1.0 / self.cfg.data.scale)
-                g = apply_generator(G, to_tensor(bic).to(self.device), self.stream_seed(STREAM_CACHE, 0, k))
-                rows.append((bic, to_uint8(g)[0], real_lr))
+                bic = imresize(hr, scale=1.0 / scale)
+                g = to_uint8(apply_generator(G, to_tensor(bic).to(self.device), seed))[0]
+                rows.append(DegradationImage(name, bic, g, real_lr, f"image {k + 1}/{n}"))
             if rows:
+                grid = degradation_grid(rows, scale, f"{ts.name} | step {self.step} | {caption}")
                 path = Path(self.ctx.out_dir) / "grids" / f"{PHASE}_{ts.name}_step{self.step}.png"
-                write_image(path, comparison_grid(rows, scale=1))
+                write_image(path, grid.image)
 
 
 def read_fidelity(final: str | Path) -> dict[str, Any] | None:

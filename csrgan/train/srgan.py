@@ -321,9 +321,16 @@ class SRLoop(TrainLoop):
 
     def evaluate(self) -> dict[str, float]:
         from csrgan.evaluation import evaluate_sr_model
+        from csrgan.grids import eval_round, run_caption
 
         if not self.cfg.data.test_sets:
             return {}
+        sr = self.cfg.sr
+        params: dict[str, object] = {"p": float(sr.mix_prob)}
+        if sr.mix_prob > 0:  # at p = 0 the LR source is never drawn from
+            params["lr_source"] = sr.lr_source
+        params["seed"] = self.cfg.seed
+        caption = run_caption(self.ctx.out_dir, self.stage, params)
         with evaluating(self.nets["G"]) as g:
             return evaluate_sr_model(
                 g,
@@ -336,6 +343,8 @@ class SRLoop(TrainLoop):
                 grid_dir=self.ctx.out_dir / "grids" / self.stage,
                 step=self.step,
                 grid_images=self.cfg.eval.grid_images,
+                caption=caption,
+                grid_round=eval_round(self.step, self.eval_every),  # rotates through the test images
             )
 
 

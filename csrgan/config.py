@@ -17,10 +17,13 @@ real-like G(bicubic LR) instead of the bicubic LR); ``cyclegan.lambda_cycle`` is
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import importlib
 import json
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -129,8 +132,12 @@ MetricName = _registered(R.METRICS)
 class TestSetConfig(Strict):
     """One evaluation set. ``hr`` may be omitted for no-reference sets (then only the LR is used).
 
-    Metric keys are prefixed with ``name`` (``bicubic/psnr``), mmagic-style.
+    Metric keys are prefixed with ``name`` (``bicubic/psnr``), mmagic-style. A set without ``hr`` gets
+    no-reference metrics (NIQE, :mod:`csrgan.noref`) of its SR output: see :meth:`noref_for`.
     """
+
+    #: No-reference metrics of a set without ``hr`` when ``noref_metrics`` is not given.
+    DEFAULT_NOREF: ClassVar[tuple[str, ...]] = ("niqe",)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     hr: str | None = None
@@ -140,12 +147,32 @@ class TestSetConfig(Strict):
         description="what made `lr`: 'real' sets (HR + real LR) also score the CycleGAN (report Table 2)",
     )
     max_images: PosInt | None = None
+    noref_metrics: list[MetricName] | None = Field(
+        default=None,
+        description="no-reference metrics of this set's SR output (default: [niqe] without `hr`, else the "
+        "no-reference names in eval.metrics); [] scores none",
+    )
 
     @model_validator(mode="after")
     def _needs_images(self) -> TestSetConfig:
         if self.hr is None and self.lr is None:
             raise ValueError("a test set needs `hr` (with optional `lr`) or `lr`")
+        full_ref = [m for m in self.noref_metrics or () if R.METRICS.get(m).reference]
+        if full_ref:
+            raise ValueError(
+                f"noref_metrics: {full_ref} compare with the HR; list them in eval.metrics (no-reference "
+                f"metrics: {', '.join(m for m in R.METRICS.names() if not R.METRICS.get(m).reference)})"
+            )
         return self
+
+    def noref_for(self, eval_metrics: list[str] | tuple[str, ...]) -> list[str]:
+        """The no-reference metrics this set is scored with, given ``eval.metrics``: ``noref_metrics``
+        when set; otherwise the no-reference names in ``eval_metrics``, plus :attr:`DEFAULT_NOREF` for a
+        set without ``hr`` (which has nothing else to report)."""
+        if self.noref_metrics is not None:
+            return list(dict.fromkeys(self.noref_metrics))
+        named = [m for m in eval_metrics if m in R.METRICS and not R.METRICS.get(m).reference]
+        return list(dict.fromkeys([*named, *(self.DEFAULT_NOREF if self.hr is None else ())]))
 
 
 class DemoDataConfig(Strict):
@@ -630,14 +657,16 @@ class ConfigError(ValueError):
 def _check_path_exists(cfg: BaseModel, dotted: str, where: str = "search.parameters") -> None:
     """``dotted`` names a value of ``cfg`` (``where`` is the field that uses it, for the message)."""
     node: Any = cfg
+    done: list[str] = []
     for part in dotted.split("."):
-        known = isinstance(node, BaseModel) and (
-            part in type(node).model_fields or part in (node.model_extra or {})  # a ComponentSpec argument
-        )
-        if known:
-            node = getattr(node, part)
-        else:
-            raise ValueError(f"{where}: {dotted!r} is not a config field (no {part!r})")
+        # a ComponentSpec's arguments are its extra keys
+        names = [*type(node).model_fields, *(node.model_extra or {})] if isinstance(node, BaseModel) else []
+        if part not in names:
+            close = [".".join([*done, c]) for c in difflib.get_close_matches(part, names, n=3, cutoff=0.6)]
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"{where}: {dotted!r} is not a config field (no {part!r}){hint}")
+        node = getattr(node, part)
+        done.append(part)
     if isinstance(node, BaseModel):
         raise ValueError(f"{where}: {dotted!r} is a section, not a value")
 
@@ -686,8 +715,66 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
         shown = "" if isinstance(got, dict) or got is None else f" (got {excerpt(got)})"
-        lines.append(f"  - {loc}: {msg}{shown}")
+        hint = _did_you_mean(err["loc"]) if err["type"] == "extra_forbidden" else ""
+        lines.append(f"  - {loc}: {msg}{shown}{hint}")
     return "\n".join(lines)
+
+
+def _did_you_mean(loc: tuple[int | str, ...]) -> str:
+    """``"; did you mean sr.mix_prob?"`` for the unknown key at ``loc`` (``sr.mixprob``), from the
+    fields of its section; when nothing is close, the section's keys; ``""`` outside the schema."""
+    *section, key = loc
+    fields = _fields_at(tuple(section))
+    prefix = ".".join(str(p) for p in section if not str(p).startswith("function-"))
+    close = difflib.get_close_matches(str(key), fields, n=3, cutoff=0.6)
+    if close:
+        return f"; did you mean {' or '.join(f'{prefix}.{c}' if prefix else c for c in close)}?"
+    return f"; the keys of {prefix or 'the top level'} are: {', '.join(fields)}" if fields else ""
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can be (through ``X | None``, unions and ``Annotated``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _models_in(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+    return []
+
+
+def _item_type(annotation: Any) -> Any:
+    """The element (list, tuple) or value (dict) type of a container annotation, else None."""
+    if typing.get_origin(annotation) is Annotated:
+        return _item_type(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        items = [t for a in typing.get_args(annotation) if (t := _item_type(a)) is not None]
+        return items[0] if items else None
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (list, tuple, set, frozenset) and args:
+        return args[0]
+    if typing.get_origin(annotation) is dict and len(args) == 2:
+        return args[1]
+    return None
+
+
+def _fields_at(section: tuple[int | str, ...]) -> list[str]:
+    """The field names of the experiment-schema section at a pydantic error location (``("sr",
+    "gan")``, ``("data", "test_sets", 0)``); ``[]`` where the location leaves the schema."""
+    annotation: Any = ExperimentConfig
+    for part in section:
+        models = _models_in(annotation)
+        owner = next((m for m in models if isinstance(part, str) and part in m.model_fields), None)
+        if owner is not None:
+            annotation = owner.model_fields[str(part)].annotation
+        elif any(m.__name__ == part for m in models) or str(part).startswith("function-"):
+            annotation = next((m for m in models if m.__name__ == part), annotation)  # a union's tag
+        elif (item := _item_type(annotation)) is not None:
+            annotation = item  # a list index or a dict key
+        else:
+            return []
+    return [f for m in _models_in(annotation) for f in m.model_fields]
 
 
 def _import_plugins(raw: dict[str, Any], source: str) -> None:

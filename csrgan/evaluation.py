@@ -4,8 +4,8 @@ Everything here follows the core protocol of :mod:`csrgan.metrics` (Y channel, c
 uint8 rounding): SR outputs are quantised with :func:`csrgan.data.io.to_uint8` *before* any metric,
 exactly once, and metrics are means over the images of a set. Keys are ``"<set>/<metric>"``.
 
-* :func:`evaluate_sr_model` — an SR network on full test images (tiled when ``tile > 0``), plus an
-  LR/SR/HR comparison grid PNG per set.
+* :func:`evaluate_sr_model` — an SR network on full test images (tiled when ``tile > 0``), plus a
+  labelled LR | bicubic | SR | HR comparison grid PNG per set (:mod:`csrgan.grids`).
 * :func:`evaluate_bicubic` — the same numbers for MATLAB-bicubic upsampling (the baseline).
 * :func:`evaluate_translation` — the CycleGAN's Table 2: how close ``G(bicubic(HR))`` and plain
   ``bicubic(HR)`` are to the *real* LR of the same scene.
@@ -15,15 +15,15 @@ exactly once, and metrics are means over the images of a set. Keys are ``"<set>/
 
 Large images run through :func:`csrgan.models.tiling.tiled_forward` (exact for convolutional nets).
 
-Sets without HR (no-reference, e.g. RealSRSet) get no metric keys; their SR output still goes into
-the comparison grid.
+Sets without HR (no-reference, e.g. RealSRSet) get no-reference metric keys only (``<set>/niqe``, see
+:meth:`csrgan.config.TestSetConfig.noref_for` and :mod:`csrgan.noref`); their SR output still goes into
+the comparison grid (without PSNR).
 """
 
 from __future__ import annotations
 
 import logging
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,18 +34,20 @@ from csrgan.config import EvalConfig, LPIPSConfig, TestSetConfig
 from csrgan.data.datasets import TestSet
 from csrgan.data.io import to_tensor, to_uint8, write_image
 from csrgan.data.resize import imresize
+from csrgan.grids import SR_LABEL, SRImage, rotation, sr_grid
 from csrgan.inference import model_upscaler
 from csrgan.metrics import PROTOCOL, evaluate_image
 from csrgan.models.tiling import ModelFn, tiled_forward
+from csrgan.noref import NOREF_PROTOCOL, build_noref, cached_noref, score_noref
 from csrgan.registry import METRICS
 
 if TYPE_CHECKING:
     from csrgan.metrics import LPIPSMetric
+    from csrgan.noref import NIQEMetric
 
 __all__ = [
     "bicubic_upscaler",
     "build_lpips",
-    "comparison_grid",
     "evaluate_bicubic",
     "evaluate_checkpoint",
     "evaluate_folder",
@@ -58,8 +60,6 @@ log = logging.getLogger(__name__)
 
 #: ``uint8 (h, w, 3) LR -> uint8 (s*h, s*w, 3) SR``: bicubic, or a trained generator.
 UpscaleFn = Callable[[np.ndarray], np.ndarray]
-
-GRID_CROP = 128  # HR px per side of each grid cell: the grid is for eyeballing, not a full-size dump
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -86,40 +86,11 @@ def iter_test_images_gray(
 
 
 # ----------------------------------------------------------------------------------------- SR eval
-def _center_crop(img: np.ndarray, size: int, multiple: int) -> tuple[slice, slice]:
-    h, w = img.shape[:2]
-    ch, cw = min(size, h) // multiple * multiple, min(size, w) // multiple * multiple
-    y, x = (h - ch) // 2 // multiple * multiple, (w - cw) // 2 // multiple * multiple
-    return slice(y, y + ch), slice(x, x + cw)
-
-
-def comparison_grid(
-    rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]], scale: int
-) -> np.ndarray:
-    """One row per image: nearest-upsampled LR | SR | HR (a centred crop of <= ``GRID_CROP`` HR px).
-
-    Nearest upsampling shows the LR's actual pixels (a bicubic LR would already be a method).
-    Missing HR cells are left black. Cells are separated by 2 px white lines.
-    """
-    gap = 2
-    cells: list[list[np.ndarray]] = []
-    for lr, sr, hr in rows:
-        ys, xs = _center_crop(sr, GRID_CROP, scale)
-        lr_ys = slice(ys.start // scale, ys.stop // scale)
-        lr_xs = slice(xs.start // scale, xs.stop // scale)
-        lr_up = np.repeat(np.repeat(lr[lr_ys, lr_xs], scale, axis=0), scale, axis=1)
-        sr_c = sr[ys, xs]
-        hr_c = hr[ys, xs] if hr is not None else np.zeros_like(sr_c)
-        cells.append([lr_up, sr_c, hr_c])
-    cell_h = max(c[0].shape[0] for c in cells)
-    cell_w = max(c[0].shape[1] for c in cells)
-    grid = np.full((len(cells) * (cell_h + gap) - gap, 3 * (cell_w + gap) - gap, 3), 255, dtype=np.uint8)
-    for r, row in enumerate(cells):
-        for c, img in enumerate(row):
-            y, x = r * (cell_h + gap), c * (cell_w + gap)
-            grid[y : y + cell_h, x : x + cell_w] = 0
-            grid[y : y + img.shape[0], x : x + img.shape[1]] = img
-    return grid
+def _grid_picks(ts: TestSetConfig, scale: int, count: int, round_: int) -> dict[str, str]:
+    """``{image name: "image k/n"}`` of the images the grid of evaluation ``round_`` shows, in row
+    order (:func:`csrgan.grids.rotation` over the set's first ``max_images`` images)."""
+    names = TestSet(ts.name, hr_dir=ts.hr, lr_dir=ts.lr, scale=scale).names[: ts.max_images]
+    return {names[k]: f"image {k + 1}/{len(names)}" for k in rotation(len(names), count, round_)}
 
 
 def _evaluate_upscaler(
@@ -131,17 +102,26 @@ def _evaluate_upscaler(
     grid_dir: Path | None,
     step: int,
     grid_images: int,
+    *,
+    grid_round: int = 0,
+    caption: str = "",
+    sr_label: str | None = SR_LABEL,
 ) -> dict[str, float]:
     for m in metrics:
         METRICS.get(m)  # unknown names: RegistryError listing the known ones
     # LPIPS asked for but unavailable (eval.lpips.optional and weights missing): build_lpips has already
     # said so loudly; the column stays empty rather than being filled by a different network.
-    wanted = tuple(m for m in metrics if m != "lpips" or lpips is not None)
+    # No-reference names (NIQE) are scored per set below, on every image, HR or not.
+    wanted = tuple(m for m in metrics if METRICS.get(m).reference and (m != "lpips" or lpips is not None))
     out: dict[str, float] = {}
     for ts in test_sets:
         sums: dict[str, float] = {}
         n_scored = 0
-        grid_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+        noref = cached_noref(ts.noref_for(list(metrics)))  # MissingWeightsError says how to get the model
+        noref_sums: dict[str, float] = {}
+        n_noref = 0
+        picks = _grid_picks(ts, scale, grid_images, grid_round) if grid_dir is not None else {}
+        grid_rows: dict[str, SRImage] = {}
         for name, lr, hr, gray in iter_test_images_gray(ts, scale):
             sr = upscale(lr)
             if sr.dtype != np.uint8 or sr.shape != (lr.shape[0] * scale, lr.shape[1] * scale, 3):
@@ -154,12 +134,20 @@ def _evaluate_upscaler(
                 for key, value in scores.items():
                     sums[key] = sums.get(key, 0.0) + float(value)
                 n_scored += 1
-            if grid_dir is not None and len(grid_rows) < grid_images:
-                grid_rows.append((lr, sr, hr))
+            if noref:
+                for key, value in score_noref(sr, scale, noref).items():
+                    noref_sums[key] = noref_sums.get(key, 0.0) + value
+                n_noref += 1
+            if name in picks:
+                grid_rows[name] = SRImage(name, lr, sr, hr, gray, picks[name])
         if n_scored:
             out.update({f"{ts.name}/{k}": v / n_scored for k, v in sums.items()})
+        if n_noref:
+            out.update({f"{ts.name}/{k}": v / n_noref for k, v in noref_sums.items()})
         if grid_dir is not None and grid_rows:
-            write_image(Path(grid_dir) / f"{ts.name}_step{step}.png", comparison_grid(grid_rows, scale))
+            head = f"{ts.name} | step {step}" + (f" | {caption}" if caption else "")
+            grid = sr_grid([grid_rows[n] for n in picks if n in grid_rows], scale, head, sr_label)
+            write_image(Path(grid_dir) / f"{ts.name}_step{step}.png", grid.image)
     return out
 
 
@@ -175,15 +163,22 @@ def evaluate_sr_model(
     step: int = 0,
     grid_images: int = 2,
     overlap: int | None = None,
+    caption: str = "",
+    grid_round: int = 0,
 ) -> dict[str, float]:
     """Mean metrics of an SR network over every set: ``{"<set>/psnr": ..., "<set>/ssim": ..., ...}``.
 
     ``model_fn`` maps a float ``(1, 3, h, w)`` tensor in [0, 1] on ``device`` to ``(1, 3, s*h, s*w)``; put
     an ``nn.Module`` in eval mode first (the caller owns train/eval state). Full images, one at a time;
     with ``tile > 0`` through :func:`tiled_forward` (``overlap`` LR px of context). ``lpips`` is an
-    ``LPIPSMetric`` or None (then no ``lpips`` key). With ``grid_dir``, writes
-    ``grid_dir/<set>_step<step>.png`` of the first ``grid_images`` images. ``overlap`` defaults to the
-    network's ``receptive_radius`` (16 for a function without one).
+    ``LPIPSMetric`` or None (then no ``lpips`` key). ``overlap`` defaults to the network's
+    ``receptive_radius`` (16 for a function without one).
+
+    With ``grid_dir``, writes ``grid_dir/<set>_step<step>.png`` (:func:`csrgan.grids.sr_grid`: LR |
+    bicubic | SR | HR with per-image PSNR) of ``grid_images`` images chosen by
+    :func:`csrgan.grids.rotation` for evaluation ``grid_round`` (a trainer passes
+    :func:`csrgan.grids.eval_round`, so a run shows every test image); ``caption`` (e.g.
+    :func:`csrgan.grids.run_caption`) follows the set name and step in the grid's caption.
     """
     device = torch.device(device)
     if overlap is None:
@@ -194,7 +189,10 @@ def evaluate_sr_model(
         x = to_tensor(lr).to(device)
         return to_uint8(tiled_forward(model_fn, x, scale, tile, overlap))[0]
 
-    return _evaluate_upscaler(upscale, test_sets, scale, metrics, lpips, grid_dir, step, grid_images)
+    return _evaluate_upscaler(
+        upscale, test_sets, scale, metrics, lpips, grid_dir, step, grid_images,
+        grid_round=grid_round, caption=caption,
+    )  # fmt: skip
 
 
 def evaluate_bicubic(
@@ -206,10 +204,12 @@ def evaluate_bicubic(
     step: int = 0,
     grid_images: int = 2,
 ) -> dict[str, float]:
-    """:func:`evaluate_sr_model` for MATLAB-bicubic upsampling of the LR (uint8 in, uint8 out)."""
+    """:func:`evaluate_sr_model` for MATLAB-bicubic upsampling of the LR (uint8 in, uint8 out); its grid
+    has no SR column (it would repeat the bicubic one)."""
     return _evaluate_upscaler(
-        lambda lr: imresize(lr, scale=scale), test_sets, scale, metrics, lpips, grid_dir, step, grid_images
-    )
+        lambda lr: imresize(lr, scale=scale), test_sets, scale, metrics, lpips, grid_dir, step, grid_images,
+        caption="bicubic baseline", sr_label=None,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------- CycleGAN Table 2
@@ -283,12 +283,10 @@ def build_lpips(eval_cfg: EvalConfig, device: torch.device | str = "cpu") -> LPI
     except MissingWeightsError as exc:
         if not cfg.optional:
             raise
-        msg = (
-            f"LPIPS DISABLED: backbone weights are missing and eval.lpips.optional is true, so every "
-            f"'<set>/lpips' value of this run is left empty.\n{exc}"
-        )
-        log.warning(msg)
-        print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+        from csrgan.weights import lpips_disabled_message, warn_once
+
+        # Once per process (each trainer of a run calls this), naming --lpips-optional in csrgan evaluate.
+        warn_once(lpips_disabled_message(exc), log)
         return None
 
 
@@ -309,32 +307,47 @@ def evaluate_folder(
     metrics: Sequence[str] = ("psnr", "ssim"),
     lpips: LPIPSMetric | None = None,
     progress: Callable[[str], None] | None = None,
+    noref: Mapping[str, NIQEMetric] | None = None,
 ) -> dict[str, Any]:
-    """``{"mean": {metric: value}, "images": [{"name":..., metric: value}], "n": N}``.
+    """``{"mean": {metric: value}, "images": [{"name":..., metric: value}], "n": N, "protocol"}``.
 
     LPIPS is skipped (None) when requested but ``lpips`` is None (optional LPIPS with missing weights).
+    No-reference metrics among ``metrics`` (NIQE) are scored by the ``noref`` scorers
+    (:func:`csrgan.noref.build_noref`) on the SR alone, so a set without HR can be scored with them
+    only; the result then also has ``"noref_protocol"`` and ``"noref_models"`` (name -> provenance).
     """
-    if not test_set.has_hr:
-        raise ValueError(f"test set {test_set.name!r} has no HR images: full-reference metrics need them")
-    wanted = [m for m in metrics if m != "lpips" or lpips is not None]
+    noref = dict(noref or {})
+    no_ref = [m for m in metrics if not METRICS.get(m).reference]
+    if missing := [m for m in no_ref if m not in noref]:
+        raise ValueError(f"no-reference metric(s) {missing} requested but no scorer given (noref=...)")
+    full_ref = [m for m in metrics if m not in no_ref]
+    if full_ref and not test_set.has_hr:
+        raise ValueError(
+            f"test set {test_set.name!r} has no HR images: {full_ref} compare with the HR; score it with "
+            f"no-reference metrics only (e.g. niqe)"
+        )
+    wanted = [m for m in full_ref if m != "lpips" or lpips is not None]
+    scorers = {m: noref[m] for m in no_ref}
     images: list[dict[str, Any]] = []
     for i, (name, lr, hr) in enumerate(test_set):
-        assert hr is not None
         sr = upscale(lr)
-        if sr.shape != hr.shape:
-            raise ValueError(f"{name}: SR is {sr.shape} but HR is {hr.shape} (scale {test_set.scale})")
-        gray = test_set.hr_is_gray(i)
-        row: dict[str, Any] = {
-            "name": name,
-            **evaluate_image(sr, hr, test_set.scale, wanted, lpips, gray=gray),
-        }
+        row: dict[str, Any] = {"name": name}
+        if hr is not None:
+            if sr.shape != hr.shape:
+                raise ValueError(f"{name}: SR is {sr.shape} but HR is {hr.shape} (scale {test_set.scale})")
+            row.update(evaluate_image(sr, hr, test_set.scale, wanted, lpips, gray=test_set.hr_is_gray(i)))
+        row.update(score_noref(sr, test_set.scale, scorers))
         for m in metrics:
             row.setdefault(m, None)
         images.append(row)
         if progress:
             progress(name)
     mean = {m: (float(np.mean([r[m] for r in images])) if _all_present(images, m) else None) for m in metrics}
-    return {"mean": mean, "images": images, "n": len(images), "protocol": PROTOCOL.id}
+    out = {"mean": mean, "images": images, "n": len(images), "protocol": PROTOCOL.id}
+    if scorers:
+        out["noref_protocol"] = NOREF_PROTOCOL
+        out["noref_models"] = {m: s.provenance for m, s in scorers.items()}
+    return out
 
 
 def _all_present(rows: list[dict[str, Any]], metric: str) -> bool:
@@ -343,7 +356,7 @@ def _all_present(rows: list[dict[str, Any]], metric: str) -> bool:
 
 def evaluate_checkpoint(
     checkpoint: str | Path,
-    hr_dir: str | Path,
+    hr_dir: str | Path | None,
     lr_dir: str | Path | None = None,
     scale: int | None = None,
     metrics: Sequence[str] = ("psnr", "ssim"),
@@ -351,7 +364,8 @@ def evaluate_checkpoint(
     device: str | torch.device = "cpu",
     tile: int = 0,
 ) -> dict[str, Any]:
-    """PSNR/SSIM/LPIPS of the generator in ``checkpoint`` on ``hr_dir`` (LR from ``lr_dir`` or bicubic).
+    """PSNR/SSIM/LPIPS of the generator in ``checkpoint`` on ``hr_dir`` (LR from ``lr_dir`` or bicubic);
+    with ``hr_dir=None``, no-reference metrics (``metrics=("niqe",)``) of the SR of ``lr_dir``.
 
     Returns :func:`evaluate_folder`'s ``{"mean": {...}, "images": [...], "n", "protocol"}``
     plus ``"scale"``, ``"checkpoint"`` and ``"lpips_weights"`` (the LPIPS backbone's provenance).
@@ -361,7 +375,8 @@ def evaluate_checkpoint(
     up = model_upscaler(checkpoint, device=device, tile=tile, scale=scale)
     s = up.scale
     lpips = build_lpips(EvalConfig(metrics=list(metrics), lpips=lpips_cfg or LPIPSConfig()), device=device)
-    result = evaluate_folder(TestSet("checkpoint", hr_dir, lr_dir, scale=s), up, metrics, lpips)
+    noref = build_noref([m for m in metrics if not METRICS.get(m).reference])
+    result = evaluate_folder(TestSet("checkpoint", hr_dir, lr_dir, scale=s), up, metrics, lpips, noref=noref)
     return {
         **result,
         "scale": s,

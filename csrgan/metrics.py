@@ -39,6 +39,7 @@ __all__ = [
     "PROTOCOL",
     "METRICS",
     "METRIC_NAMES",
+    "NOREF_METRIC_NAMES",
     "Metric",
     "MetricProtocol",
     "LPIPSMetric",
@@ -299,10 +300,12 @@ MetricFn = Callable[[np.ndarray, np.ndarray, int, "LPIPSMetric | None", bool], f
 
 @dataclass(frozen=True)
 class Metric:
-    """What csrgan knows about one full-reference metric: how to compute it and how to read it.
+    """What csrgan knows about one metric: how to compute it and how to read it.
 
     ``higher_is_better`` orders results (summaries, ``search.metric`` goals); ``decimals`` is how
     tables print it; ``needs_network`` marks metrics that load pretrained weights (LPIPS).
+    ``reference=False`` marks a no-reference metric (NIQE): it scores the SR image alone, so it is
+    computed by :mod:`csrgan.noref` (which loads its model parameters), never by ``fn``.
     """
 
     name: str
@@ -310,6 +313,7 @@ class Metric:
     decimals: int
     needs_network: bool
     fn: MetricFn
+    reference: bool = True
 
 
 def _psnr_fn(sr: np.ndarray, hr: np.ndarray, crop: int, lpips: LPIPSMetric | None, gray: bool) -> float:
@@ -327,15 +331,32 @@ def _lpips_fn(sr: np.ndarray, hr: np.ndarray, crop: int, lpips: LPIPSMetric | No
     return float(lpips(_to_rgb_tensor(_crop(sr, crop)), _to_rgb_tensor(_crop(hr, crop)))[0])
 
 
+def _no_reference_fn(name: str) -> MetricFn:
+    def fn(sr: np.ndarray, hr: np.ndarray, crop: int, lpips: LPIPSMetric | None, gray: bool) -> float:
+        raise ValueError(f"{name!r} is a no-reference metric: score the SR image with csrgan.noref")
+
+    return fn
+
+
 _BUILT_IN = (
     Metric("psnr", higher_is_better=True, decimals=2, needs_network=False, fn=_psnr_fn),
     Metric("ssim", higher_is_better=True, decimals=4, needs_network=False, fn=_ssim_fn),
     Metric("lpips", higher_is_better=False, decimals=4, needs_network=True, fn=_lpips_fn),
 )
-for _metric in _BUILT_IN:
+#: No-reference metrics (:mod:`csrgan.noref`): valid in ``eval.metrics``, a test set's ``noref_metrics``
+#: and ``csrgan evaluate --metrics``; they score sets without HR.
+_NO_REFERENCE = (
+    Metric(
+        "niqe", higher_is_better=False, decimals=3, needs_network=False, fn=_no_reference_fn("niqe"),
+        reference=False,
+    ),
+)  # fmt: skip
+for _metric in (*_BUILT_IN, *_NO_REFERENCE):
     METRICS.add(_metric.name, _metric)
-#: The built-in metric names, in the order tables show them.
+#: The built-in full-reference metric names, in the order tables show them (the results' metric columns).
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in _BUILT_IN)
+#: The no-reference metric names (not yet result columns: see docs/metrics.md, "No-reference metrics").
+NOREF_METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in _NO_REFERENCE)
 
 
 def evaluate_image(
@@ -356,6 +377,9 @@ def evaluate_image(
     if isinstance(metrics, str):
         raise TypeError(f"metrics must be a sequence of names, e.g. ({metrics!r},), not a string")
     chosen = [METRICS.get(m) for m in metrics]  # unknown names: RegistryError listing the known ones
+    no_ref = [m.name for m in chosen if not m.reference]
+    if no_ref:
+        raise ValueError(f"evaluate_image scores SR against HR; {no_ref} are no-reference: use csrgan.noref")
     if not isinstance(scale, int | np.integer) or scale < 1:
         raise ValueError(f"scale must be a positive int, got {scale!r}")
     if any(m.needs_network for m in chosen) and lpips is None:

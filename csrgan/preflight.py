@@ -16,9 +16,10 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from csrgan.config import ConfigError, ExperimentConfig
-from csrgan.data.check import FolderScan, check_min_size, check_pairs, scan_folder
+from csrgan.config import ConfigError, ExperimentConfig, TestSetConfig
+from csrgan.data.check import FolderScan, capped, check_min_size, check_pairs, scan_folder
 from csrgan.data.demo import demo_layout, unusable_demo_dir
+from csrgan.noref import NIQE_BLOCK, NIQE_MIN_BLOCKS, niqe_blocks
 from csrgan.storage import StorageError, storage_root
 
 
@@ -140,7 +141,7 @@ class _DataCheck:
             if lr is not None:
                 problems += lr.problems + check_pairs(hr, lr, scale)
         for ts in d.test_sets:
-            problems += self._test_set(ts.name, ts.hr, ts.lr)
+            problems += self._test_set(ts.name, ts.hr, ts.lr) + self._noref_sizes(ts)
         return problems
 
     def _real_lr(self, cfgs: Sequence[ExperimentConfig], wanted: Sequence[set[str]]) -> list[str]:
@@ -169,6 +170,28 @@ class _DataCheck:
             problems += check_pairs(hr, lr, scale)
         return problems
 
+    def _noref_sizes(self, ts: TestSetConfig) -> list[str]:
+        """NIQE scores whole 96 px blocks of the cropped SR: each image must give at least two."""
+        if "niqe" not in ts.noref_for(self.base.eval.metrics):
+            return []
+        scale = self.base.data.scale
+        field_name = f"data.test_sets[{ts.name}].{'hr' if ts.hr else 'lr'}"
+        scan = self.scan(ts.hr or ts.lr or "", field_name)
+        if scan is None:
+            return []
+        factor = 1 if ts.hr else scale  # the SR has the modcropped HR's size, or the LR's times scale
+        lines = []
+        for path, (w, h) in scan.sizes.items():
+            sr_w, sr_h = w // scale * scale * factor, h // scale * scale * factor
+            n = niqe_blocks(sr_h, sr_w, scale)
+            if n < NIQE_MIN_BLOCKS:
+                lines.append(
+                    f"{field_name}: {path} gives a {sr_w}x{sr_h} SR with {n} whole {NIQE_BLOCK}x{NIQE_BLOCK} "
+                    f"NIQE block(s) after the {scale} px crop; NIQE needs {NIQE_MIN_BLOCKS} (remove the "
+                    f"image, or set noref_metrics: [] on the set)"
+                )
+        return capped(lines, f"images too small for NIQE in {scan.folder}")
+
 
 # ------------------------------------------------------------------------------------------ weights
 def _needs_vgg(cfg: ExperimentConfig, stages: set[str]) -> bool:
@@ -181,7 +204,8 @@ def _needs_vgg(cfg: ExperimentConfig, stages: set[str]) -> bool:
 
 
 def _weights_problems(cfgs: Sequence[ExperimentConfig], wanted: Sequence[set[str]]) -> list[str]:
-    """Missing backbone weights: VGG19 for a ``vgg`` content loss, LPIPS's unless optional or random."""
+    """Missing weights: VGG19 for a ``vgg`` content loss, LPIPS's unless optional or random, NIQE's model
+    for a test set scored with niqe."""
     from csrgan.weights import MissingWeightsError, resolve
 
     needs: dict[tuple[str, str | None], str] = {}
@@ -192,11 +216,15 @@ def _weights_problems(cfgs: Sequence[ExperimentConfig], wanted: Sequence[set[str
         if "lpips" in c.eval.metrics and not lp.random_backbone and not lp.optional:
             backbone = "alexnet" if lp.net == "alex" else "vgg16"
             needs.setdefault((backbone, lp.source), "eval.lpips (eval.metrics has lpips)")
+        for ts in c.data.test_sets:
+            if "niqe" in ts.noref_for(c.eval.metrics):
+                needs.setdefault(("niqe", None), f"data.test_sets[{ts.name}] (no-reference metric niqe)")
     problems = []
     for (name, source), field_name in needs.items():
         try:
             resolve(name, source)
         except MissingWeightsError as exc:
             fix = " (or eval.lpips.optional: true to leave LPIPS empty)" if "lpips" in field_name else ""
+            fix = " (or noref_metrics: [] on the set to score none)" if name == "niqe" else fix
             problems.append(f"{field_name}: {exc}{fix}")
     return problems

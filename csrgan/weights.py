@@ -1,11 +1,13 @@
 """Pretrained weights: where they live, how they are checked, and how to get them onto offline machines.
 
-Three pretrained pieces feed csrgan:
+Four pretrained pieces feed csrgan:
 
 * VGG19 ImageNet weights (torchvision ``VGG19_Weights.IMAGENET1K_V1``) for the SRGAN content loss;
 * AlexNet ImageNet weights (``AlexNet_Weights.IMAGENET1K_V1``), the LPIPS backbone; VGG16 for
   LPIPS ``net="vgg"``;
 * the LPIPS v0.1 linear layers, which ship inside the ``lpips`` pip package (never downloaded).
+* the NIQE model (``niqe_modelparameters.mat``, the LIVE release's ``modelparameters.mat``) for the
+  no-reference metric of :mod:`csrgan.noref`, checked against its full SHA-256.
 
 Training and evaluation machines are offline, so loading never downloads: torchvision checkpoints
 are looked up in the normal torch cache (``torch.hub.get_dir()/checkpoints``, i.e.
@@ -33,6 +35,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 import threading
 import warnings
 from collections.abc import Mapping
@@ -46,6 +49,7 @@ from torch import nn
 
 from csrgan import download as _download
 from csrgan.download import fetch_resumable
+from csrgan.names import weights_place
 
 if TYPE_CHECKING:  # lpips pulls in scipy (~0.4 s): imported only when an LPIPS model is built
     import lpips
@@ -100,10 +104,12 @@ class DownloadError(WeightsError, _download.DownloadError):
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class WeightSpec:
-    """A torchvision checkpoint csrgan can use.
+    """A torchvision checkpoint csrgan can use, or (``arch`` empty) another downloadable parameter file.
 
     ``arch`` is the ``torchvision.models`` builder the state dict belongs to; ``in_all`` marks the
-    files ``csrgan weights download all`` fetches (the ones the default configs need).
+    files ``csrgan weights download all`` fetches (the ones the default configs need). ``sha256`` is
+    the full digest of a file whose official name carries no hash prefix (NIQE's model); it is
+    checked on download and when the file is loaded from the cache.
     """
 
     name: str
@@ -112,10 +118,11 @@ class WeightSpec:
     url: str
     used_for: str
     in_all: bool = True
+    sha256: str | None = None
 
     @property
     def hash_prefix(self) -> str | None:
-        return hash_prefix_of(self.filename)
+        return self.sha256 or hash_prefix_of(self.filename)
 
 
 def _torchvision_spec(name: str, arch: str, weights: Any, used_for: str, in_all: bool) -> WeightSpec:
@@ -123,8 +130,14 @@ def _torchvision_spec(name: str, arch: str, weights: Any, used_for: str, in_all:
     return WeightSpec(name, arch, url.rsplit("/", 1)[-1], url, used_for, in_all)
 
 
-#: Downloadable torchvision checkpoints by csrgan name. File names and URLs come from torchvision's
-#: weights API, so they are exactly what ``torchvision.models.<arch>(weights=...)`` would cache.
+#: File name of the NIQE model (:data:`SPECS` ``"niqe"``) in the cache, and the SHA-256 of the LIVE
+#: release's ``modelparameters.mat`` (8347 bytes), which names a model "the LIVE release model".
+NIQE_FILENAME = "niqe_modelparameters.mat"
+NIQE_LIVE_SHA256 = "fa2aa4d12dd9595c3fb6bf8b4e1a15c79d5d1469238d0901c88dead195be578d"
+
+#: Downloadable torchvision checkpoints (and NIQE's model, ``arch`` empty) by csrgan name. Checkpoint names
+#: and URLs come from torchvision's weights API, so they are exactly what
+#: ``torchvision.models.<arch>(weights=...)`` would cache.
 SPECS: dict[str, WeightSpec] = {
     spec.name: spec
     for spec in (
@@ -148,6 +161,18 @@ SPECS: dict[str, WeightSpec] = {
             torchvision.models.VGG16_Weights.IMAGENET1K_V1,
             "LPIPS backbone (net='vgg', optional)",
             False,
+        ),
+        # The NIQE model of the LIVE release (Mittal et al. 2012, niqe_release.zip `modelparameters.mat`,
+        # 125 pristine images, 96x96 patches, sharpness 0.75), under the name pyiqa's weights repository
+        # mirrors it as. Same bytes as the release file (sha256 checked here, see docs/metrics.md).
+        WeightSpec(
+            "niqe",
+            "",
+            NIQE_FILENAME,
+            "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/" + NIQE_FILENAME,
+            "NIQE no-reference metric (LIVE release model: mu_prisparam, cov_prisparam)",
+            False,
+            sha256=NIQE_LIVE_SHA256,
         ),
     )
 }
@@ -200,16 +225,39 @@ def _how_to_fix(spec: WeightSpec, cache: Path) -> str:
     return (
         f"To fix: on a machine with internet run `csrgan weights download {spec.name}` and copy "
         f"{spec.filename} into {cache}/ here (or copy that machine's whole checkpoints dir); "
-        f"or give the file's path: {_WHERE_TO_GIVE.get(spec.name, 'see docs')}."
+        f"or give the file's path: {where_to_give(spec.name)}."
     )
 
 
 #: Where a user names each weights file explicitly (config keys and CLI options that exist).
 _WHERE_TO_GIVE = {
     "vgg19": "config key weights.vgg19",
-    "alexnet": "config key eval.lpips.source (csrgan evaluate: --lpips-weights PATH)",
+    "alexnet": "config key eval.lpips.source",
     "vgg16": "config key eval.lpips.source with eval.lpips.net: vgg",
+    "niqe": "csrgan evaluate --niqe-params PATH (experiments read the torch cache only)",
 }
+
+#: Where the user is at a command with its own flags (:func:`csrgan.names.settings_named_for`), and
+#: the switches of optional / random LPIPS: what to name instead of :data:`_WHERE_TO_GIVE`'s key.
+_BY_PLACE: dict[str, dict[str, str]] = {
+    "config": {
+        "lpips_optional": "eval.lpips.optional: true",
+        "lpips_random": "eval.lpips.random_backbone: true",
+    },
+    "evaluate": {
+        "alexnet": "--lpips-weights PATH (or --lpips-optional to leave LPIPS empty)",
+        "lpips_optional": "--lpips-optional",
+        "lpips_random": "--random-lpips",
+        "niqe": "--niqe-params PATH (a LIVE-format .mat or a deepinv NIQE .pt)",
+    },
+}
+
+
+def where_to_give(key: str) -> str:
+    """How the user at hand gives ``key`` (a weights name, ``lpips_optional``, ``lpips_random``): a
+    flag inside ``csrgan evaluate``, the experiment file's key elsewhere."""
+    here = _BY_PLACE.get(weights_place(), {})
+    return here.get(key) or _BY_PLACE["config"].get(key) or _WHERE_TO_GIVE.get(key, "see docs")
 
 
 def resolve(name: str, source: str | Path | None = None) -> Path:
@@ -459,6 +507,40 @@ def load_lpips(
     provenance = f"{lin_provenance} + {backbone_provenance}"
     log.info("loaded LPIPS (%s)", provenance)
     return _freeze(model), provenance
+
+
+def lpips_disabled_message(exc: MissingWeightsError, scope: str = "run") -> str:
+    """What optional LPIPS with missing weights says: the switch that made it optional as the user
+    gave it (``eval.lpips.optional: true``, ``--lpips-optional``), then ``exc``'s fix."""
+    return (
+        f"LPIPS DISABLED for this {scope}: its backbone weights are missing and LPIPS is optional "
+        f"({where_to_give('lpips_optional')}), so every lpips value is left empty (null).\n{exc}"
+    )
+
+
+_said: set[str] = set()
+
+
+def first_time(message: str) -> bool:
+    """True the first time this process asks about ``message``: a warning about missing weights is
+    said once per process, however many stages, trainers or evaluations run into it."""
+    with _hash_lock:
+        if message in _said:
+            return False
+        _said.add(message)
+        return True
+
+
+def warn_once(message: str, logger: logging.Logger = log) -> bool:
+    """``WARNING: message`` on stderr the first time this process says it (:func:`first_time`), and
+    to ``logger`` where logging is configured: without a handler, logging's last-resort handler would
+    print it a second time. True if it was said."""
+    if not first_time(message):
+        return False
+    if logger.hasHandlers():
+        logger.warning(message)
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+    return True
 
 
 # --------------------------------------------------------------------------------------------------

@@ -181,8 +181,8 @@ CASES = [
     ),
     Case(
         "unknown-search-metric",
-        ("- search.metric.name:", "unknown metric 'niqe'", ", ".join(METRICS.names())),
-        _set("search.metric.name", "unknown/niqe"),
+        ("- search.metric.name:", "unknown metric 'fid'", ", ".join(METRICS.names())),
+        _set("search.metric.name", "unknown/fid"),
     ),
     # registered components: names and constructor arguments
     Case(

@@ -247,8 +247,8 @@ def test_evaluate_image_returns_the_requested_metrics_with_crop_equal_to_scale()
 
 def test_evaluate_image_rejects_unknown_metrics_and_lpips_without_a_model():
     img = np.zeros((32, 32, 3), dtype=np.uint8)
-    with pytest.raises(RegistryError, match="unknown metric 'niqe'; known: lpips, psnr, ssim") as info:
-        evaluate_image(img, img, scale=4, metrics=("psnr", "niqe"))
+    with pytest.raises(RegistryError, match="unknown metric 'fid'; known: lpips, niqe, psnr, ssim") as info:
+        evaluate_image(img, img, scale=4, metrics=("psnr", "fid"))
     assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
     with pytest.raises(ValueError, match="LPIPSMetric"):
         evaluate_image(img, img, scale=4, metrics=("lpips",))

@@ -436,13 +436,13 @@ def test_lpips_linear_layers_are_not_downloadable() -> None:
 
 
 def test_unknown_name_lists_known_names() -> None:
-    with pytest.raises(W.WeightsError, match="known: vgg19, alexnet, vgg16, lpips-alex, lpips-vgg"):
+    with pytest.raises(W.WeightsError, match="known: vgg19, alexnet, vgg16, niqe, lpips-alex, lpips-vgg"):
         W.download("resnet50")
 
 
 def test_status_rows_describe_every_file(served: tuple[Path, bytes, W.WeightSpec], torch_home: Path) -> None:
     rows = {r["name"]: r for r in W.status()}
-    assert set(rows) == {"vgg19", "alexnet", "vgg16", "lpips-alex", "lpips-vgg"}
+    assert set(rows) == {"vgg19", "alexnet", "vgg16", "niqe", "lpips-alex", "lpips-vgg"}
     assert rows["alexnet"]["present"] is False and rows["alexnet"]["size"] is None
     assert rows["lpips-alex"]["present"] is True and rows["lpips-alex"]["downloadable"] is False
     root, payload, spec = served

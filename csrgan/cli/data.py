@@ -10,18 +10,10 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-import requests
 import typer
 
 from csrgan.cli.common import user_errors
-from csrgan.data.datasets import DIV2K_SPLITS, DIV2K_TRACKS
-from csrgan.data.degradations import (
-    DegradationConfigError,
-    DegradationPipeline,
-    default_pipeline,
-    degrade_folder,
-    load_pipeline,
-)
+from csrgan.names import DIV2K_SPLITS, DIV2K_TRACKS  # literals: --help must not import torch
 
 app = typer.Typer(
     help="Datasets: the offline demo set, synthetic real-world degradations, DIV2K download.",
@@ -35,6 +27,9 @@ DATASETS = ("div2k",)
 
 def _expected_errors() -> AbstractContextManager[None]:
     """The library's expected failures: one stderr line and an exit code (no traceback)."""
+    import requests
+
+    from csrgan.data.degradations import DegradationConfigError
     from csrgan.data.div2k import ArchiveError, DownloadError
 
     return user_errors(config=(DegradationConfigError,), failures=(ArchiveError, DownloadError, OSError,
@@ -82,6 +77,8 @@ def degrade(
     seed: int = typer.Option(0, "--seed", min=0, help="seed (each image's stream is keyed by its file name)"),
 ) -> None:
     """Make LR images from HR images with a synthetic degradation pipeline (records in degradations.jsonl)."""
+    from csrgan.data.degradations import DegradationPipeline, default_pipeline, degrade_folder, load_pipeline
+
     with _expected_errors():
         pipe: DegradationPipeline = default_pipeline() if pipeline is None else load_pipeline(pipeline)
         records = degrade_folder(hr, out, pipe, scale=scale, seed=seed)

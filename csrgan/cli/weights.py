@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from csrgan import weights as W
+# Literals, not csrgan.weights (torch + torchvision, seconds): `--help` lists them without importing it.
+from csrgan.names import WEIGHTS_DOWNLOADABLE, WEIGHTS_IN_ALL, WEIGHTS_KNOWN
 
 app = typer.Typer(
     help=(
@@ -28,9 +29,6 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-_ALL = [n for n, s in W.SPECS.items() if s.in_all]
-
-
 def _size(n: int | None) -> str:
     if n is None:
         return "-"
@@ -42,6 +40,8 @@ def status_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status rows as JSON.")] = False,
 ) -> None:
     """Show each weights file, what it is for, and whether it is present (and where)."""
+    from csrgan import weights as W
+
     rows = W.status()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -61,7 +61,9 @@ def status_cmd(
 def download_cmd(
     name: Annotated[
         str,
-        typer.Argument(help=f"One of {', '.join(W.SPECS)}, or 'all' ({', '.join(_ALL)})."),
+        typer.Argument(
+            help=f"One of {', '.join(WEIGHTS_DOWNLOADABLE)}, or 'all' ({', '.join(WEIGHTS_IN_ALL)})."
+        ),
     ],
     url: Annotated[
         str | None, typer.Option("--url", help="Download this exact URL instead (one NAME only).")
@@ -79,7 +81,9 @@ def download_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Download torchvision checkpoints (verifying their hash prefix) into the torch cache."""
-    names = _ALL if name == "all" else [name]
+    from csrgan import weights as W
+
+    names = [n for n, s in W.SPECS.items() if s.in_all] if name == "all" else [name]
     if url is not None and (name == "all" or mirror is not None):
         raise _fail(ValueError("--url names one file: use it with a single NAME and without --mirror"))
     try:
@@ -95,10 +99,12 @@ def download_cmd(
 
 @app.command("path")
 def path_cmd(
-    name: Annotated[str, typer.Argument(help=f"One of {', '.join(W.known_names())}.")],
+    name: Annotated[str, typer.Argument(help=f"One of {', '.join(WEIGHTS_KNOWN)}.")],
     check: Annotated[bool, typer.Option("--check", help="Exit with code 1 if the file is missing.")] = False,
 ) -> None:
     """Print where the named weights file is expected (whether or not it is there yet)."""
+    from csrgan import weights as W
+
     try:
         path = W.weights_path(name)
     except W.WeightsError as exc:

@@ -6,6 +6,7 @@ its table as markdown, CSV or JSON.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from collections.abc import Sequence
@@ -41,8 +42,11 @@ def resolve_column(df: pd.DataFrame, name: str) -> str:
             return cand
     if name in df.columns and name not in (*METRICS, "step", "trial_id", "created_at", "wall_s", "device_s"):
         return name
-    avail = ", ".join(c.removeprefix(PARAM_PREFIX) for c in param_columns(df)) or "(none)"
-    raise ResultsError(f"unknown parameter {name!r}; parameter columns: {avail}")
+    params = [c.removeprefix(PARAM_PREFIX) for c in param_columns(df)]
+    close = difflib.get_close_matches(name.removeprefix(PARAM_PREFIX), params, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    avail = ", ".join(params) or "(none)"
+    raise ResultsError(f"unknown parameter {name!r}; parameter columns: {avail}{hint}")
 
 
 def summarize(
@@ -217,7 +221,7 @@ def _fmt_value(v: Any) -> str:
     if isinstance(v, bool | np.bool_):
         return str(bool(v))
     if _is_real(v):
-        return f"{float(v):g}"
+        return f"{float(v) + 0.0:g}"  # + 0.0: a rounded -0.0 prints as 0
     return str(v)
 
 

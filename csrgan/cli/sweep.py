@@ -69,19 +69,26 @@ def sweep(
             typer.echo("inputs checked: no problems found (nothing was started or written)", err=True)
             return
 
+    from csrgan.cli.live import sweep_view
     from csrgan.sweep.driver import run_sweep
 
     with user_errors(config=(SweepError,)):
         outcome = run_sweep(
-            cfg, resume=resume, address=address, num_cpus=num_cpus, echo=typer.echo, check_data=check_data
+            cfg,
+            resume=resume,
+            address=address,
+            num_cpus=num_cpus,
+            echo=typer.echo,
+            check_data=check_data,
+            view=sweep_view(),  # a live table on a terminal; plain lines otherwise
         )
 
-    _print_summary(cfg, outcome.results_dir)
     if outcome.baseline:
         typer.echo(
-            "bicubic baseline (MATLAB bicubic, same protocol): "
+            "\nbicubic-interpolation baseline (MATLAB bicubic, same protocol): "
             + ", ".join(f"{k} {v:.4f}" for k, v in sorted(outcome.baseline.items()))
         )
+    _print_summary(cfg, outcome.results_dir, outcome.baseline)
     t = outcome.timing
     if t.get("train_s"):
         busy = t["train_s"] / (t["wall_s"] * t.get("slots", 1))
@@ -117,33 +124,46 @@ def _print_errors(outcome) -> None:  # noqa: ANN001
     )
 
 
-def _print_phase_table(cfg, df, by: list[str], phase: str) -> None:  # noqa: ANN001
-    """One phase's ablation table; with ``search.reference`` (and ``oracle``) each row's gain on the
-    search metric over the reference and its share of the oracle's gain, against the seed noise."""
-    from csrgan.results import format_summary, summarize
-    from csrgan.results.effects import SHARE_COLUMN, effects, find_row, gain_column, pooled_std
+def _print_phase_table(cfg, df, by: list[str], phase: str, baseline: dict[str, float]) -> None:  # noqa: ANN001
+    """One phase's ablation table, then the note computed from it (:func:`csrgan.results.notes.closing_note`:
+    best arm per test set, spread against the seed noise, arms below the bicubic-interpolation baseline)."""
+    from csrgan.results import summarize
+    from csrgan.results.notes import closing_note
 
     table = summarize(df, by=by, which="final", phase=phase)
-    s = cfg.search
-    col = s.metric.name
     name = {"pretrain": "SRResNet pre-training", "gan": "SRGAN (GAN phase)"}[phase]
     typer.echo(f"\nAblation ({cfg.name}), {name}: final step per trial, mean ± std over seeds\n")
-    if s.reference is not None and f"{col} mean" in table.columns:
-        table = effects(table, col, s.reference, s.oracle)
-        for name in (gain_column(col), SHARE_COLUMN):
-            table[name] = table[name].round(2)
+    _print_rows(cfg, table)
+    metric = cfg.search.metric.name.rsplit("/", 1)[-1]
+    note = closing_note(table, metric, baseline)
+    if note:
+        typer.echo(f"\nReading this table ({metric}, mean over seeds):\n" + "\n".join(f"  {n}" for n in note))
+
+
+def _print_rows(cfg, table) -> None:  # noqa: ANN001
+    """The table; with ``search.reference`` (and ``oracle``) each row's gain on the search metric over the
+    reference and its share of the oracle's gain, against the seed noise."""
+    from csrgan.results import format_summary
+    from csrgan.results.effects import SHARE_COLUMN, effects, find_row, gain_column, pooled_std
+
+    s = cfg.search
+    col = s.metric.name
+    if s.reference is None or f"{col} mean" not in table.columns:
         typer.echo(format_summary(table, "markdown"))
-        sigma = pooled_std(table, col)
-        orc = find_row(table, s.oracle) if s.oracle else None
-        if orc is not None:
-            gain = float(table.at[orc, gain_column(col)])
-            typer.echo(
-                f"{col}: the oracle {s.oracle} gains {gain:+.2f} over the reference {s.reference}; pooled "
-                f"seed std {sigma:.2f} ({'more' if gain > 2 * sigma else 'NOT more'} than twice the noise). "
-                "share = gain / oracle gain."
-            )
         return
+    table = effects(table, col, s.reference, s.oracle)
+    for name in (gain_column(col), SHARE_COLUMN):
+        table[name] = table[name].round(2)
     typer.echo(format_summary(table, "markdown"))
+    sigma = pooled_std(table, col)
+    orc = find_row(table, s.oracle) if s.oracle else None
+    if orc is not None:
+        gain = float(table.at[orc, gain_column(col)])
+        typer.echo(
+            f"{col}: the oracle {s.oracle} gains {gain:+.2f} over the reference {s.reference}; pooled "
+            f"seed std {sigma:.2f} ({'more' if gain > 2 * sigma else 'NOT more'} than twice the noise). "
+            "share = gain / oracle gain."
+        )
 
 
 def _set_args(items: list[str] | None) -> list[str]:
@@ -166,7 +186,7 @@ def _print_plan(cfg) -> None:  # noqa: ANN001
         typer.echo(f"  {t.label()}")
 
 
-def _print_summary(cfg, results_dir: Path) -> None:  # noqa: ANN001
+def _print_summary(cfg, results_dir: Path, baseline: dict[str, float] | None = None) -> None:  # noqa: ANN001
     from csrgan.results import read_results
 
     try:
@@ -179,9 +199,5 @@ def _print_summary(cfg, results_dir: Path) -> None:  # noqa: ANN001
         typer.echo(df.to_string())
         return
     for phase in [p for p in ("pretrain", "gan") if p in set(df["phase"])]:
-        _print_phase_table(cfg, df, by, phase)
-    typer.echo(
-        "\nNote: short CPU runs move PSNR by tenths of a dB, close to seed noise: "
-        "read the spread, not the order."
-    )
+        _print_phase_table(cfg, df, by, phase, baseline or {})
     sys.stdout.flush()

@@ -91,7 +91,6 @@ def _prepare(
     from csrgan.config import ConfigError, load_config
     from csrgan.data.layout import resolve_data
     from csrgan.preflight import preflight
-    from csrgan.train.pipeline import TrainOptions
 
     try:
         cfg = load_config(config, sets or [])
@@ -121,7 +120,45 @@ def _prepare(
     if out is None:
         out = Path("runs") / cfg.name  # not <storage>/<name>: that folder is a sweep's Parquet dataset
     where = out.expanduser().resolve()
-    return cfg, TrainOptions(out=where, workers=n, gpus=gpus, address=address, num_cpus=num_cpus)
+    return cfg, _shown_options()(out=where, workers=n, gpus=gpus, address=address, num_cpus=num_cpus)
+
+
+class _Watched:
+    """A back-end that shows each stage's progress while ``inner`` runs it: a bar on a terminal, lines
+    otherwise (:func:`csrgan.cli.live.train_reporter`: the reporter the CLI hands to the launcher; the
+    trainer never knows who watches)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def run(self, job: Any) -> dict[str, Any]:
+        from dataclasses import replace
+
+        from csrgan.cli.live import train_reporter
+        from csrgan.train.launch import InProcess
+
+        factory, close = train_reporter(job.stage.name, job.cfg, isinstance(self.inner, InProcess))
+        try:
+            return self.inner.run(replace(job, reporter=factory))
+        finally:
+            close()
+
+
+_SHOWN_OPTIONS: list[type] = []
+
+
+def _shown_options() -> type:
+    """:class:`csrgan.train.pipeline.TrainOptions` whose back-end is :class:`_Watched` (made on first use:
+    the pipeline imports torch)."""
+    if not _SHOWN_OPTIONS:
+        from csrgan.train.pipeline import TrainOptions
+
+        class ShownOptions(TrainOptions):
+            def backend(self, cfg: Any) -> Any:
+                return _Watched(super().backend(cfg))
+
+        _SHOWN_OPTIONS.append(ShownOptions)
+    return _SHOWN_OPTIONS[0]
 
 
 def _summarise(results: list[Any]) -> None:
@@ -155,7 +192,7 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> list[Any]:
 
     with user_errors():
         try:
-            out = fn(*args, **kwargs)
+            out = _call_with_ray_output_logged(fn, args, kwargs)
         except (StageMismatchError, RayResourceError) as exc:
             fail(str(exc), EXIT_CONFIG)
         except Exception as exc:
@@ -165,6 +202,26 @@ def _run(fn: Any, *args: Any, **kwargs: Any) -> list[Any]:
                 fail(f"training failed: {exc}", EXIT_ERROR)
             raise
     return out if isinstance(out, list) else [out]
+
+
+def _call_with_ray_output_logged(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``fn(*args, **kwargs)``; on Ray (``args[1]`` is the options), Ray's messages and the workers'
+    output go to ``OUT/_logs/train-<time>.log`` (:mod:`csrgan.sweep.logs`), its path said once, and
+    only the progress lines of rank 0 (:class:`csrgan.cli.live.TrainLines`) and warnings are shown."""
+    opts = args[1]
+    if opts.workers == 0:
+        return fn(*args, **kwargs)
+    from csrgan.sweep.logs import MARK, capture_ray_output, log_path
+    from csrgan.train.ray_train import ensure_ray
+
+    path = log_path(opts.out, "train")
+    with capture_ray_output(
+        path, warn=typer.echo, on_mark=lambda line: typer.echo(line.removeprefix(MARK))
+    ) as out:
+        typer.echo(f"log: Ray's messages and the workers' output -> {path}")
+        ensure_ray(address=opts.address, num_cpus=opts.num_cpus)  # the launcher reuses it
+        out.capture_workers()
+        return fn(*args, **kwargs)
 
 
 @app.command("cyclegan")

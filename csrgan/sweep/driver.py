@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from csrgan.config import ExperimentConfig, with_params
 from csrgan.preflight import preflight
@@ -29,6 +29,9 @@ from csrgan.sweep.recorder import git_commit
 from csrgan.sweep.space import TrialSpec, expand_trials, optuna_space, trial_config
 from csrgan.sweep.stages import build_shared_stages, shared_stages, stage_ref
 from csrgan.sweep.trial import SweepRuntime, devices_of, run_trial
+
+if TYPE_CHECKING:
+    from csrgan.sweep.progress import SweepView
 
 Echo = Callable[[str], None]
 
@@ -156,17 +159,16 @@ def _lpips_preflight(cfg: ExperimentConfig, echo: Echo) -> ExperimentConfig:
     lp = cfg.eval.lpips
     if "lpips" not in cfg.eval.metrics or lp.random_backbone or not lp.optional:
         return cfg
-    from csrgan.weights import MissingWeightsError, resolve
+    from csrgan.weights import MissingWeightsError, first_time, lpips_disabled_message, resolve
 
     backbone = "alexnet" if lp.net == "alex" else "vgg16"
     try:
         resolve(backbone, lp.source)
     except MissingWeightsError as exc:
-        bar = "!" * 78
-        echo(
-            f"{bar}\nLPIPS DISABLED for this sweep: the {backbone} backbone weights are missing and "
-            f"eval.lpips.optional is true,\nso every lpips value is left empty (null).\n{exc}\n{bar}"
-        )
+        message = lpips_disabled_message(exc, "sweep")  # names the experiment file's keys
+        if first_time(message):  # once per process, also when a sweep is planned twice (submit, tests)
+            bar = "!" * 78
+            echo(f"{bar}\n{message}\n{bar}")
         metrics = [m for m in cfg.eval.metrics if m != "lpips"]
         return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"metrics": metrics})})
     return cfg
@@ -219,22 +221,29 @@ def run_sweep(
     num_cpus: int | None = None,
     echo: Echo = print,
     check_data: bool = False,
+    view: SweepView | None = None,
 ) -> SweepOutcome:
     """Run (or resume) the sweep of ``cfg`` (data paths absolute: ``csrgan.data.layout.resolve_data``).
 
     Everything is checked first (:func:`plan_sweep`); only then is the demo set built (``data.demo``),
     the results folder made and Ray started. A fresh sweep that fails before its first trial starts
     leaves no Tune state behind, so the corrected file runs without ``--resume``.
+
+    Progress goes to ``view`` (default: :class:`csrgan.sweep.progress.PlainView` lines through ``echo``);
+    Ray's and Tune's own output goes to ``<results>/_logs/sweep-<time>.log`` (:mod:`csrgan.sweep.logs`).
     """
+    from csrgan.sweep.progress import PlainView
+
     t0 = time.time()
-    plan = plan_sweep(cfg, resume=resume, storage=storage, echo=echo, check_data=check_data)
+    view = view if view is not None else PlainView(echo)
+    plan = plan_sweep(cfg, resume=resume, storage=storage, echo=view.event, check_data=check_data)
     if address is None:  # the embedded cluster's size is known before it starts: check now
         check_fits(plan.cfg, embedded_resources(num_cpus))
     _build_demo(plan.cfg)
     fresh = not plan.layout.tune.exists()
     plan.layout.results.mkdir(parents=True, exist_ok=True)
     try:
-        return _run_planned(plan, t0, address, num_cpus, echo)
+        return _run_planned(plan, t0, address, num_cpus, view)
     except BaseException:
         if fresh and not resume:
             _discard_unstarted(plan.layout)
@@ -242,31 +251,78 @@ def run_sweep(
 
 
 def _run_planned(
-    plan: SweepPlan, t0: float, address: str | None, num_cpus: int | None, echo: Echo
+    plan: SweepPlan, t0: float, address: str | None, num_cpus: int | None, view: SweepView
 ) -> SweepOutcome:
-    cfg = plan.cfg
+    """Ray's and Tune's output into the run's log file (its path said once), then :func:`_run_logged`."""
+    from csrgan.sweep.logs import capture_ray_output, log_path
+
     for key, value in (
         ("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1"),  # checkpoint-only reports lack metrics
-        ("RAY_AIR_NEW_OUTPUT", "0"),  # our ProgressCallback prints progress; Tune stays quiet
+        ("RAY_AIR_NEW_OUTPUT", "0"),  # our ProgressCallback shows progress; Tune's reporter stays off
         ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
     ):
         os.environ.setdefault(key, value)
+    say = view.event
+    path = log_path(plan.layout.results)
+    say(f"csrgan sweep {plan.cfg.name}: {plan.n_trials} trial(s); results -> {plan.layout.results}")
+    try:
+        with capture_ray_output(path, warn=say) as ray_out:
+            say(f"log: Ray's and Tune's messages and every trial's output -> {path}")
+            outcome = _run_logged(plan, t0, address, num_cpus, view, ray_out)
+            if ray_out.n_warnings:
+                say(f"{ray_out.n_warnings} warning(s), {len(ray_out.seen)} distinct (each shown once above; "
+                    "all are in the log)")  # fmt: skip
+            return outcome
+    finally:
+        view.close()
+
+
+def _run_logged(
+    plan: SweepPlan, t0: float, address: str | None, num_cpus: int | None, view: SweepView, ray_out: Any
+) -> SweepOutcome:
+    from csrgan.sweep.progress import ProgressCallback, SweepProgress
+
+    cfg, say = plan.cfg, view.event
     slots = _start_cluster(plan, address, num_cpus)
-    where = plan.layout.results
-    echo(f"csrgan sweep {cfg.name}: {plan.n_trials} trial(s), up to {slots} at once; results -> {where}")
+    ray_out.capture_workers()  # from here on, what trials print goes to the log (csrgan's lines are shown)
+    _say_cluster(address, slots, say)
+    metric, mode = plan.metric
+    progress = SweepProgress(view, metric, mode, total=plan.n_trials, slots=slots, iters=cfg.sr.gan.iters)
+    progress.t0 = t0  # elapsed times count from the command's start
+    ray_out.on_mark, say, stage_say = progress.mark_line, progress.say, progress.mark_line
     _write_meta(plan, started=True)
-    baseline = _bicubic_baseline(plan.cfg, echo)
-    stage_tasks = _start_cyclegan_builds(plan, echo)  # the stage DAG: CycleGANs first, as Ray tasks
-    grid, interrupted = _fit_noting_interrupt(_tuner(plan, slots, echo))
-    stage_errors = _report_stage_tasks(stage_tasks, echo)
+    baseline = _bicubic_baseline(plan.cfg, say)
+    watcher = _StageWatcher(_start_cyclegan_builds(plan, stage_say), stage_say)  # the DAG: CycleGANs first
+    ProgressCallback.attach(progress)  # restored tuners keep their pickled callback: it reports here too
+    try:
+        grid, interrupted = _fit_noting_interrupt(_tuner(plan, slots, say, baseline))
+    finally:
+        ProgressCallback.attach(None)
+    stage_errors = watcher.join()
     outcome = finish_sweep(plan, grid, t0, interrupted)
     outcome.stage_errors = stage_errors
     outcome.baseline = baseline
     outcome.timing["slots"] = slots
     for name, n in sorted(outcome.stage_reuse.items()):
-        echo(f"stage {name}: reused by {n} trial(s)")
+        say(f"stage {name}: reused by {n} trial(s)")
     _write_meta(plan, started=False, outcome=outcome)
     return outcome
+
+
+def _say_cluster(address: str | None, slots: int, say: Echo) -> None:
+    """What Ray is running on (Ray's own lines about it are in the log)."""
+    import ray
+
+    res = ray.cluster_resources()
+    size = f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
+    try:
+        from ray._private.worker import get_dashboard_url
+
+        dashboard = f"; dashboard http://{get_dashboard_url()}" if get_dashboard_url() else ""
+    except Exception:  # noqa: BLE001 - only for a message
+        dashboard = ""
+    where = f"Connecting to existing Ray cluster {address}" if address else "Started a local Ray cluster"
+    say(f"{where}: {size}; up to {slots} at once{dashboard}")
 
 
 def _build_demo(cfg: ExperimentConfig) -> None:
@@ -311,16 +367,17 @@ def _start_cluster(plan: SweepPlan, address: str | None, num_cpus: int | None) -
     return min(slots, plan.cfg.resources.max_concurrent_trials or slots)
 
 
-def _tuner(plan: SweepPlan, slots: int, echo: Echo) -> Any:
+def _tuner(plan: SweepPlan, slots: int, echo: Echo, baseline: dict[str, float]) -> Any:
     """A new Tuner, or the restored one (``--resume``); the trainable is :func:`run_trial`."""
     from ray import tune
 
     from csrgan.sweep.progress import ProgressCallback
 
     cfg = plan.cfg
-    runtime = SweepRuntime(cfg.model_dump(mode="json"), plan.layout, git_commit(), _param_names(cfg))
+    runtime = SweepRuntime(
+        cfg.model_dump(mode="json"), plan.layout, git_commit(), _param_names(cfg), dict(baseline)
+    )
     trainable = tune.with_resources(tune.with_parameters(run_trial, runtime=runtime), trial_resources(cfg))
-    ProgressCallback.attach(echo)  # restored tuners keep their pickled callback: it prints through this
     if plan.resume:
         echo("resuming: finished trials are kept; unfinished ones continue from their checkpoints")
         return tune.Tuner.restore(
@@ -342,7 +399,7 @@ def _tuner(plan: SweepPlan, slots: int, echo: Echo) -> Any:
         run_config=tune.RunConfig(
             name=plan.layout.tune.name,
             storage_path=str(plan.layout.results),
-            callbacks=[ProgressCallback(metric=metric, mode=mode, total=len(plan.trials) or None)],
+            callbacks=[ProgressCallback(metric=metric, mode=mode, total=plan.n_trials)],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=1),
         ),
@@ -416,15 +473,21 @@ def _build_cyclegan_task(cfg_json: dict[str, Any], layout: SweepLayout) -> str:
     from csrgan.config import validate_config
     from csrgan.train.degradation import PoorStageError
 
+    cfg = validate_config(cfg_json)
     try:
-        out = build_shared_stages(validate_config(cfg_json), layout, built_by="driver", only=("cyclegan",))
+        out = build_shared_stages(cfg, layout, built_by="driver", only=("cyclegan",), notify=_task_line)
     except PoorStageError as exc:
         return f"{_REFUSED}: {exc}"
-    q = out["cyclegan"].info.get("quality", {})
-    verdict = f"quality {q.get('verdict')}" + (
-        " (accepted: cyclegan.accept_poor)" if q.get("accepted_poor") else ""
-    )
-    return ("reused" if out["cyclegan"].reused else "built") + f", {verdict}"
+    done, q = out["cyclegan"], out["cyclegan"].info.get("quality", {})
+    how = "reused" if done.reused else f"built in {done.info.get('wall_s', 0):.0f} s"
+    accepted = " (accepted: cyclegan.accept_poor)" if q.get("accepted_poor") else ""
+    return f"{how}, quality {q.get('verdict')}{accepted}"
+
+
+def _task_line(line: str) -> None:
+    """A stage task's messages, except how it ended: the driver says that itself, with the verdict."""
+    if ": built in " not in line and ": reused" not in line:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _start_cyclegan_builds(plan: SweepPlan, echo: Echo) -> list[tuple[Any, str]]:
@@ -436,47 +499,84 @@ def _start_cyclegan_builds(plan: SweepPlan, echo: Echo) -> list[tuple[Any, str]]
         if "cyclegan" in shared_stages(tc):
             wanted.setdefault(stage_ref("cyclegan", tc, plan.layout).key, tc)
     tasks = []
-    for key, tc in wanted.items():
+    for tc in wanted.values():
         ref = stage_ref("cyclegan", tc, plan.layout)
         if ref.is_done():
-            echo(f"stage cyclegan {key}: reused from {ref.dir}")
+            echo(f"stage {ref.id}: reused ({ref.dir})")
             continue
         res = trial_resources(tc)
         task = ray.remote(_build_cyclegan_task).options(num_cpus=res["CPU"], num_gpus=res.get("GPU", 0))
-        tasks.append((task.remote(tc.model_dump(mode="json"), plan.layout), key))
+        tasks.append((task.remote(tc.model_dump(mode="json"), plan.layout), ref.id))
         echo(
-            f"stage cyclegan {key}: building (used by the trials with sr.lr_source cyclegan, sr.mix_prob > 0)"
+            f"stage {ref.id}: queued as a Ray task (for the trials with sr.lr_source cyclegan, mix_prob > 0)"
         )
     return tasks
 
 
 def _report_stage_tasks(tasks: list[tuple[Any, str]], echo: Echo) -> dict[str, str]:
-    """Say how each stage build ended; returns the failed or refused ones (``stage key -> why``)."""
+    """Say how each stage build ended; returns the failed or refused ones (``<stage>-<key> -> why``)."""
     import ray
 
     failed: dict[str, str] = {}
-    for ref, label in tasks:
+    for ref, stage_id in tasks:
         try:
             verdict = ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - surfaced to the user; trials that needed it failed too
-            failed[f"cyclegan {label}"] = error_headline(str(exc))
-            echo(f"stage cyclegan {label}: FAILED ({failed[f'cyclegan {label}']})")
+            failed[stage_id] = error_headline(str(exc))
+            echo(f"stage {stage_id}: FAILED ({failed[stage_id]})")
             continue
-        echo(f"stage cyclegan {label}: {verdict}")
+        echo(f"stage {stage_id}: {verdict}")
         if verdict.startswith(_REFUSED):
-            failed[f"cyclegan {label}"] = verdict.split("\n", 1)[0]
+            failed[stage_id] = verdict.split("\n", 1)[0]
     return failed
 
 
+class _StageWatcher:
+    """Says how each stage task ended as soon as it ends (a thread waiting on them while Tune runs);
+    :meth:`join` returns the failed or refused ones."""
+
+    def __init__(self, tasks: list[tuple[Any, str]], echo: Echo) -> None:
+        import threading
+
+        self.left, self.failed, self.echo = list(tasks), {}, echo
+        self._thread = threading.Thread(target=self._watch, name="csrgan-stage-tasks", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        import ray
+
+        while self.left:
+            ready, _ = ray.wait([ref for ref, _ in self.left], num_returns=1)
+            done = [t for t in self.left if t[0] in ready]
+            self.failed |= _report_stage_tasks(done, self.echo)
+            self.left = [t for t in self.left if t[0] not in ready]
+
+    def join(self) -> dict[str, str]:
+        self._thread.join()
+        if self.left:  # the watcher died (Ray went away?): ask once more, here
+            self.failed |= _report_stage_tasks(self.left, self.echo)
+        return self.failed
+
+
 def error_headline(text: str) -> str:
-    """The line that says what went wrong in a (Ray-wrapped) traceback: the innermost exception's
-    first line (``ValueError: data.train_hr ...``), not Ray's wrapper or the frames."""
-    lines = [ln.rstrip() for ln in text.strip().splitlines()]
-    starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")]
-    if starts:
-        for ln in lines[starts[-1] + 1 :]:
-            if ln and not ln.startswith((" ", "\t")):
-                return ln[:300]
+    """The line that says what went wrong in a (Ray-wrapped) traceback: the exception line that ends the
+    last traceback block (``csrgan...PoorStageError: ...``), not Ray's wrapper or the frames. Ray 2.60
+    writes its tracebacks without the ``Traceback (most recent call last):`` header (a coloured
+    ``ray::<task>() (pid=...)`` line instead), so a block is recognised by its indented frame lines."""
+    from csrgan.sweep.logs import strip_ansi
+
+    lines = [strip_ansi(ln).rstrip() for ln in text.strip().splitlines()]
+    wrappers = ("Failure # ", "ray::", "Traceback (", "During handling of", "The above exception")
+    found, in_frames = None, False
+    for ln in lines:
+        if ln.startswith((" ", "\t")):
+            in_frames = True
+        elif ln and in_frames and not ln.startswith(wrappers):
+            found, in_frames = ln, False
+        elif ln:
+            in_frames = False
+    if found:
+        return found[:300]
     shown = [ln for ln in lines if ln.strip()]
     return shown[0][:300] if shown else "(no message)"
 

@@ -10,26 +10,32 @@ of each, come from the stage table (:mod:`csrgan.train.stages`); each lives in
                       and for the degradation stage its quality-gate verdict (``quality``)
     .lock             a file lock: one builder per key, others wait and then reuse
 
-A build runs where the caller runs it (a trial process, a Ray task), through the launcher.
+A build runs where the caller runs it (a trial process, a Ray task), through the launcher. Each
+reuse, wait, build (with its progress at every report) and result is announced as one line,
+:func:`csrgan.sweep.logs.stage_message` (``[csrgan] stage pretrain-<key>: building [trial <id>]``): in
+a Ray process it reaches the driver, whose live view shows it; the stage id is always ``<stage>-<key>``,
+the stage's folder name.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from csrgan import __version__
 from csrgan.config import ExperimentConfig
 from csrgan.storage import STAGES_DIR, SweepLayout
-from csrgan.train.degradation import judge_stage, require_usable
+from csrgan.sweep.logs import stage_message
+from csrgan.train.degradation import PoorStageError, judge_stage, require_usable
 from csrgan.train.launch import inside_ray_task, launch
 from csrgan.train.stages import get_stage
 
@@ -55,6 +61,11 @@ class StageRef:
     stage: str
     key: str
     dir: Path
+
+    @property
+    def id(self) -> str:
+        """``<stage>-<key>``: the folder name under ``_stages/``, and how messages name the stage."""
+        return f"{self.stage}-{self.key}"
 
     @property
     def final(self) -> Path:
@@ -93,74 +104,176 @@ def shared_stages(cfg: ExperimentConfig) -> tuple[str, ...]:
     return get_stage("gan").inputs(cfg)
 
 
+Notify = Callable[[str], None]
+
+
+def _print_line(line: str) -> None:
+    """Stage messages go to stderr (stdout stays the caller's); in a Ray process Ray forwards both to the
+    driver, whose log router (:mod:`csrgan.sweep.logs`) shows them."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def ensure_stage(
     ref: StageRef,
     build: Callable[[Path], dict[str, Any]],
     describe: dict[str, Any] | None = None,
     poll_s: float = 2.0,
+    notify: Notify | None = _print_line,
+    trial: str | None = None,
 ) -> StageOutcome:
     """Return the finished stage at ``ref``, building it with ``build(stage_dir)`` if nobody has.
 
     ``build`` trains into ``stage_dir`` (checkpoints under ``stage_dir/checkpoints`` make an interrupted
     build resume) and returns the final metrics. Concurrent callers for the same key wait on the lock and
     then reuse the result; a failed build leaves no ``finished`` marker, so the next caller retries. A
-    diverged build is remembered (it is deterministic: rebuilding would diverge again).
+    diverged build is remembered (it is deterministic: rebuilding would diverge again). Each reuse, wait,
+    build and outcome is one :func:`csrgan.sweep.logs.stage_message` line to ``notify`` (None: silent),
+    naming ``trial`` when given.
     """
+
+    def say(text: str) -> None:
+        if notify is not None:
+            notify(stage_message(ref.id, text, trial))
+
     _raise_if_diverged(ref)
     if ref.is_done():
+        say(f"reused ({ref.dir})")
         return StageOutcome(ref, True, ref.info() or {})
     ref.dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(ref.dir / ".lock"), poll_interval=poll_s):
+    lock = FileLock(str(ref.dir / ".lock"), poll_interval=poll_s)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        say("waiting: another process is building it")
+        lock.acquire()
+    try:
         _raise_if_diverged(ref)
         if ref.is_done():  # someone else built it while we waited
+            say(f"reused, built by another process while this one waited ({ref.dir})")
             return StageOutcome(ref, True, ref.info() or {})
-        t0 = time.time()
-        _write_info(ref, {"status": "running", "started_at": _now(), "pid": os.getpid(), **(describe or {})})
-        metrics = build(ref.dir)
-        done = {
-            "stage": ref.stage,
-            "key": ref.key,
-            "metrics": metrics,
-            "finished_at": _now(),
-            **(describe or {}),
-        }
-        if metrics.get("diverged"):  # trainers stop without a final artefact when a loss goes non-finite
-            _write_info(ref, {**done, "status": "diverged"})
-            raise StageDivergedError(f"{ref.stage} stage {ref.key} diverged; see {ref.info_path}")
-        if not ref.final.is_dir():
-            raise RuntimeError(f"{ref.stage} stage {ref.key}: the build finished without writing {ref.final}")
-        info = {
-            **done,
-            "status": "finished",
-            "wall_s": round(time.time() - t0, 3),
-            "csrgan_version": __version__,
-        }
-        _write_info(ref, info)
-        return StageOutcome(ref, False, info)
+        say("building")
+        outcome = _build_locked(ref, build, describe)
+        say(f"built in {outcome.info['wall_s']:.0f} s")
+        return outcome
+    except StageDivergedError:
+        say("DIVERGED (non-finite loss): every trial that needs it is marked diverged")
+        raise
+    finally:
+        lock.release()
+
+
+def _build_locked(
+    ref: StageRef, build: Callable[[Path], dict[str, Any]], describe: dict[str, Any] | None
+) -> StageOutcome:
+    """Build the stage (the caller holds its lock) and write its ``stage.json``."""
+    t0 = time.time()
+    _write_info(ref, {"status": "running", "started_at": _now(), "pid": os.getpid(), **(describe or {})})
+    metrics = build(ref.dir)
+    done = {
+        "stage": ref.stage,
+        "key": ref.key,
+        "metrics": metrics,
+        "finished_at": _now(),
+        **(describe or {}),
+    }
+    if metrics.get("diverged"):  # trainers stop without a final artefact when a loss goes non-finite
+        _write_info(ref, {**done, "status": "diverged"})
+        raise StageDivergedError(f"stage {ref.id} diverged; see {ref.info_path}")
+    if not ref.final.is_dir():
+        raise RuntimeError(f"stage {ref.id}: the build finished without writing {ref.final}")
+    info = {
+        **done,
+        "status": "finished",
+        "wall_s": round(time.time() - t0, 3),
+        "csrgan_version": __version__,
+    }
+    _write_info(ref, info)
+    return StageOutcome(ref, False, info)
+
+
+@dataclass(frozen=True)
+class StageLines:
+    """Reporter factory (:class:`csrgan.train.context.Reporter`) for a stage build: one
+    :func:`csrgan.sweep.logs.stage_message` progress line per report (``step S/N, X s/step``), printed
+    on rank 0 wherever the build runs. Picklable: Ray ships it to Train workers."""
+
+    stage_id: str
+    iters: int
+    trial: str | None = None
+
+    def __call__(self) -> _StageLineReporter:
+        return _StageLineReporter(self)
+
+
+class _StageLineReporter:
+    def __init__(self, spec: StageLines) -> None:
+        self.spec = spec
+
+    def resumed(self, step: int) -> None:
+        _print_line(stage_message(self.spec.stage_id, f"resumed at step {step}", self.spec.trial))
+
+    def report(self, metrics: Mapping[str, Any]) -> Mapping[str, Any]:
+        step, sps = metrics.get("step"), metrics.get("time/step_s")
+        if isinstance(step, int) and not metrics.get("diverged"):
+            iters = metrics.get("iters") or self.spec.iters
+            rate = f", {sps:.3f} s/step" if isinstance(sps, float) else ""
+            _print_line(stage_message(self.spec.stage_id, f"step {step}/{iters}{rate}", self.spec.trial))
+        return metrics
+
+
+def _current_trial() -> str | None:
+    """The Tune trial this process runs, if any (asked quietly: outside a trial Ray warns)."""
+    if "ray.tune" not in sys.modules:
+        return None
+    import warnings
+
+    try:
+        import ray.tune
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ray.tune.get_context().get_trial_id()
+    except Exception:  # noqa: BLE001 - only for a message
+        return None
 
 
 def build_shared_stages(
-    cfg: ExperimentConfig, layout: SweepLayout, built_by: str = "trial", only: tuple[str, ...] | None = None
+    cfg: ExperimentConfig,
+    layout: SweepLayout,
+    built_by: str = "trial",
+    only: tuple[str, ...] | None = None,
+    notify: Notify | None = _print_line,
 ) -> dict[str, StageOutcome]:
     """Fetch or build (in this Ray process, :func:`csrgan.train.launch.inside_ray_task`) the shared stages
-    of ``cfg`` — or just ``only`` of them — each reading its upstream stages' ``final/``."""
+    of ``cfg`` — or just ``only`` of them — each reading its upstream stages' ``final/``. Every reuse and
+    build is announced to ``notify`` (:func:`ensure_stage`), with its progress (:class:`StageLines`) and,
+    inside a Tune trial (``built_by="trial"``), the trial's id."""
     out: dict[str, StageOutcome] = {}
+    trial = _current_trial() if built_by == "trial" else None
     for name in shared_stages(cfg):
         if only is not None and name not in only:
             continue
         ref = stage_ref(name, cfg, layout)
         inputs = {up: stage_ref(up, cfg, layout).final for up in get_stage(name).inputs(cfg)}
-
-        def build(d: Path, name: str = name, inputs: dict[str, Path] = inputs) -> dict[str, Any]:
-            return launch(name, cfg, d, inputs, inside_ray_task(cfg)).metrics
-
         section = cfg.cyclegan if name == "cyclegan" else cfg.sr.pretrain
+        lines = StageLines(ref.id, section.iters, trial)
+
+        def build(
+            d: Path, name: str = name, inputs: dict[str, Path] = inputs, lines: StageLines = lines
+        ) -> dict[str, Any]:
+            return launch(name, cfg, d, inputs, inside_ray_task(cfg), reporter=lines).metrics
+
         describe = {name: section.model_dump(mode="json"), "built_by": built_by}
         if name != "cyclegan":
             describe |= {"mix_prob": cfg.sr.mix_prob, "lr_source": cfg.sr.lr_source, "seed": cfg.seed}
-        out[name] = ensure_stage(ref, build, describe=describe)
+        out[name] = ensure_stage(ref, build, describe=describe, notify=notify, trial=trial)
         if name == "cyclegan":
-            out[name] = check_degradation(out[name], cfg)
+            try:
+                out[name] = check_degradation(out[name], cfg)
+            except PoorStageError:
+                if built_by == "trial":  # the driver says so itself for the stages its tasks build
+                    _print_line(stage_message(ref.id, "REFUSED by the quality gate (see stage.json)", trial))
+                raise
     return out
 
 

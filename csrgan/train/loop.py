@@ -278,6 +278,7 @@ class TrainLoop(ABC):
         metrics: dict[str, Any] = {
             **self.constant,
             "step": self.step,
+            "iters": self.iters,  # so a watcher (progress bar, sweep view) knows the total
             "epoch": round(self.epoch_at(self.step), 6),
             "diverged": 0,
             **losses,

@@ -17,7 +17,8 @@
     <root>/<sweep>/_sweep.json         config, trial plan, timings, stage reuse
     <root>/<sweep>/_optuna.db          the Optuna study (method optuna)
     <root>/<sweep>/_tune/              Ray Tune's experiment state (``--resume``)
-    <root>/<sweep>/_trials/<id>/       one trial's GAN phase: final/, checkpoints/, metrics.jsonl, grids/
+    <root>/<sweep>/_trials/<id>/       one trial's GAN phase: final/ (its model), checkpoints/step_XXXXXXXX/
+                                       (newest two), metrics.jsonl, grids/gan/<set>_step<N>.png, timing.json
 
 Names starting with ``_`` (or ``.``) are ignored by ``pd.read_parquet(<root>/<sweep>)``, so the
 results folder is a plain Parquet dataset. Every stage run, whatever runs it, has the same inside

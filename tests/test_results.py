@@ -98,6 +98,7 @@ EXPECTED_DTYPES = {
     "psnr": "float64",
     "ssim": "float64",
     "lpips": "float64",
+    "niqe": "float64",
     "wall_s": "float64",
     "device_s": "float64",
     "git_commit": "str",
@@ -563,6 +564,22 @@ def test_plot_writes_a_png_for_numeric_and_categorical_parameters(tmp_path: Path
         R.plot(df, "nope", tmp_path / "x.png")
 
 
+def test_plot_draws_each_test_sets_bicubic_baseline(tmp_path: Path) -> None:
+    """Rows carry baseline_<metric>; the plot draws it dashed, in the colour of its test set's line."""
+    from csrgan.results.plot import figure
+
+    store = ResultsStore(tmp_path, "s")
+    write_sweep(store)
+    df = read_results(store.uri)
+    df["baseline_psnr"] = df["test_set"].map({"bicubic": 26.5, "real": 22.25})
+    (ax,) = figure(df, "sr.mix_prob", metrics=["psnr"]).axes
+    dashed = {ln.get_label(): ln for ln in ax.get_lines() if ln.get_linestyle() == "--"}
+    assert set(dashed) == {"bicubic: bicubic", "real: bicubic"}
+    assert list(dashed["real: bicubic"].get_ydata()) == [22.25, 22.25]
+    (ax,) = figure(df.drop(columns="baseline_psnr"), "sr.mix_prob", metrics=["psnr"]).axes
+    assert not [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]  # older sweeps: no line
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 @pytest.fixture
 def cli() -> typer.Typer:
@@ -627,3 +644,33 @@ def test_cli_user_errors_go_to_stderr_with_exit_1(
     assert res.exit_code == 1
     assert message.format(d=d) in res.stderr and res.stdout == ""
     assert "Traceback" not in res.output
+
+
+# ------------------------------------------------------------------------------ models of the trials
+def test_models_lists_each_trials_final_model_and_picks_one(cli: typer.Typer, tmp_path: Path) -> None:
+    """`csrgan results models` is how a user gets from the table to the folder evaluate/upscale take:
+    one line per trial (its final step's metrics), and --path with --where/--seed gives exactly one."""
+    store = ResultsStore(tmp_path, "mix")
+    write_sweep(store)  # written without the checkpoint column: the layout's _trials/<id>/final is used
+    res = invoke(cli, "models", store.uri)
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1 + 9 and "checkpoint" in lines[0] and "sr.mix_prob" in lines[0]
+    assert f"{psnr_of(0.5, 2, 2000, 'real'):.4f}" in next(ln for ln in lines if "p0.5-s2" in ln)
+    res = invoke(cli, "models", store.uri, "--where", "sr.mix_prob=0.5", "--seed", "2", "--path")
+    assert res.exit_code == 0, res.output
+    assert Path(res.stdout.strip()) == tmp_path / "mix" / "_trials" / "p0.5-s2" / "final"
+    res = invoke(cli, "models", store.uri, "--where", "sr.mix_prob=0.5", "--path")
+    assert res.exit_code == 1 and "3 trials match" in res.stderr and "p0.5-s1" in res.stderr
+    res = invoke(cli, "models", store.uri, "--where", "sr.mixprob=1")
+    assert res.exit_code == 1 and "sr.mix_prob" in res.stderr
+
+
+def test_models_follow_the_checkpoint_column_when_rows_have_it(tmp_path: Path) -> None:
+    from csrgan.results.models import trial_models
+
+    store = ResultsStore(tmp_path, "s")
+    rows = [row(s, "real", checkpoint=f"elsewhere/t/{s}") for s in (10, 20)]
+    store.write_trial("t", rows, "finished")
+    table = trial_models(read_results(store.uri))
+    assert table["checkpoint"].tolist() == ["elsewhere/t/20"] and table["step"].tolist() == [20]

@@ -117,6 +117,7 @@ def test_grid_sweep_rows_and_stage_reuse(tmp_path: Path, demo_dir: Path) -> None
     assert pos.degradation_lowfreq_psnr.notna().all() and pos.degradation_hf_w1_ratio.notna().all()
     pretrains = sorted(stages.glob("pretrain-*"))
     assert len(pretrains) == 3  # pre-training depends on p (the LR source), so one per p
+    _assert_rows_lead_to_their_files(typed, storage)
     mtimes = {p: (p / "stage.json").stat().st_mtime for p in [*cyclegans, *pretrains]}
 
     # A second sweep under the same storage reuses every stage and only trains its GAN phases.
@@ -127,6 +128,27 @@ def test_grid_sweep_rows_and_stage_reuse(tmp_path: Path, demo_dir: Path) -> None
     assert {p: (p / "stage.json").stat().st_mtime for p in mtimes} == mtimes
     df2 = pd.read_parquet(storage / "grid_again")
     assert set(df2.status) == {"finished"} and df2.trial_id.nunique() == 3
+
+
+def _assert_rows_lead_to_their_files(df: pd.DataFrame, storage: Path) -> None:
+    """Each row names its run folder, the checkpoint of its step and its grid; they exist and are right:
+    the final step's checkpoint is the loadable final/ artefact, the grid is that step's picture, and the
+    bicubic baseline of the test set is a column equal to the driver's measurement."""
+    meta = json.loads((storage / "grid" / "_sweep.json").read_text())["bicubic_baseline"]
+    for r in df.itertuples():
+        assert (storage / r.run_dir).is_dir(), r.run_dir
+        assert r.grid == f"{r.run_dir}/grids/{r.phase}/{r.test_set}_step{r.step}.png"
+        assert (storage / r.grid).is_file()
+        assert r.baseline_psnr == meta[f"{r.test_set}/psnr"] and r.baseline_ssim == meta[f"{r.test_set}/ssim"]
+    gan, pre = df[df.phase == "gan"], df[df.phase == "pretrain"]
+    assert (gan.run_dir == "grid/_trials/" + gan.trial_id).all()
+    assert (pre.run_dir == "_stages/pretrain-" + pre.pretrain_key).all()
+    final = df[(df.step == 10) | (df.phase == "pretrain")]
+    assert (final.checkpoint == final.run_dir + "/final").all()
+    assert all((storage / c / "generator.pt").is_file() for c in final.checkpoint)
+    mid = gan[gan.step == 5]  # checkpoint_every 5: the step checkpoint (the newest two are kept)
+    assert (mid.checkpoint == mid.run_dir + "/checkpoints/step_00000005").all()
+    assert all((storage / c / "state.pt").is_file() for c in mid.checkpoint)
 
 
 def test_diverged_trial_is_marked_and_sweep_goes_on(tmp_path: Path, demo_dir: Path) -> None:

@@ -82,8 +82,8 @@ def assert_unique(df: pd.DataFrame) -> None:
 def test_eval_rows_groups_by_test_set_and_ignores_other_keys() -> None:
     rows = eval_rows(report(10))
     assert rows == {
-        "bicubic": {"psnr": 25.0, "ssim": 0.71, "lpips": None},
-        "unknown": {"psnr": 24.0, "ssim": 0.65, "lpips": None},
+        "bicubic": {"psnr": 25.0, "ssim": 0.71, "lpips": None, "niqe": None},
+        "unknown": {"psnr": 24.0, "ssim": 0.65, "lpips": None, "niqe": None},
     }
 
 
@@ -96,18 +96,20 @@ def test_eval_rows_ignores_non_metric_keys(key: str) -> None:
 
 def test_eval_rows_keeps_dotted_and_dashed_test_set_names() -> None:
     assert eval_rows({"div2k.unknown-x4/lpips": 0.2}) == {
-        "div2k.unknown-x4": {"psnr": None, "ssim": None, "lpips": 0.2}
+        "div2k.unknown-x4": {"psnr": None, "ssim": None, "lpips": 0.2, "niqe": None}
     }
 
 
 def test_eval_rows_keeps_test_sets_named_like_loss() -> None:
-    assert eval_rows({"lossy_jpeg/psnr": 21.0}) == {"lossy_jpeg": {"psnr": 21.0, "ssim": None, "lpips": None}}
+    assert eval_rows({"lossy_jpeg/psnr": 21.0}) == {
+        "lossy_jpeg": {"psnr": 21.0, "ssim": None, "lpips": None, "niqe": None}
+    }
 
 
 @pytest.mark.parametrize("bad", [None, "n/a", float("nan")])
 def test_eval_rows_uncomputed_values_are_null(bad: Any) -> None:
     assert eval_rows({"bicubic/psnr": bad, "bicubic/ssim": 0.5}) == {
-        "bicubic": {"psnr": None, "ssim": 0.5, "lpips": None}
+        "bicubic": {"psnr": None, "ssim": 0.5, "lpips": None, "niqe": None}
     }
 
 
@@ -276,3 +278,37 @@ def test_diverged_after_evaluations_keeps_them(store: ResultsStore) -> None:
     assert len(df) == 2 and (df["step"] == 10).all()
     assert (df["status"] == "diverged").all()
     assert df["psnr"].notna().all()
+
+
+# ------------------------------------------------------------------------- rows lead to artefacts
+def test_rows_name_their_run_folder_checkpoint_and_grid(tmp_path: Path) -> None:
+    """run_dir / checkpoint / grid are paths relative to the storage root that resolve to real files:
+    the final step's checkpoint is final/ (what evaluate/upscale/export take), an intermediate step's
+    is the step checkpoint when the cadence wrote one, and a grid only when the evaluation drew one."""
+    from csrgan.sweep.recorder import RunFiles
+
+    root = tmp_path / "results"
+    run = root / SWEEP / "_trials" / TRIAL
+    (run / "grids" / "gan").mkdir(parents=True)
+    (run / "grids" / "gan" / "unknown_step10.png").write_bytes(b"png")
+    files = {"gan": RunFiles(root, run, "gan", iters=30, checkpoint_every=10)}
+    rec = TrialRecorder(ResultsStore(root, SWEEP), TRIAL, static(), 1.0, TEST_SETS, files=files)
+    for step in (5, 10, 30):
+        rec.record(report(step))
+    df = pd.read_parquet(root / SWEEP).set_index(["step", "test_set"])
+    assert (df["run_dir"] == f"{SWEEP}/_trials/{TRIAL}").all()
+    assert pd.isna(df.loc[(5, "unknown"), "checkpoint"])  # no checkpoint at step 5 (cadence 10)
+    assert df.loc[(10, "unknown"), "checkpoint"] == f"{SWEEP}/_trials/{TRIAL}/checkpoints/step_00000010"
+    assert df.loc[(30, "bicubic"), "checkpoint"] == f"{SWEEP}/_trials/{TRIAL}/final"
+    assert (root / df.loc[(10, "unknown"), "grid"]).read_bytes() == b"png"
+    assert pd.isna(df.loc[(10, "bicubic"), "grid"]) and pd.isna(df.loc[(5, "unknown"), "grid"])
+
+
+def test_rows_carry_the_bicubic_baseline_of_their_test_set(store: ResultsStore) -> None:
+    """The baseline is a column, so pandas and plots see it beside each arm (not only _sweep.json)."""
+    base = {"bicubic/psnr": 30.9, "bicubic/ssim": 0.83, "unknown/psnr": 25.7}
+    rec = TrialRecorder(store, TRIAL, static(), 1.0, TEST_SETS, baseline=base)
+    rec.record(report(10))
+    df = folder(store).set_index("test_set")
+    assert df.loc["bicubic", "baseline_psnr"] == 30.9 and df.loc["bicubic", "baseline_ssim"] == 0.83
+    assert df.loc["unknown", "baseline_psnr"] == 25.7 and pd.isna(df.loc["unknown", "baseline_ssim"])

@@ -13,7 +13,11 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from csrgan import results
+from csrgan.cli.common import LazyModule
+from csrgan.names import METRIC_NAMES
+
+#: csrgan.results, imported when a command first uses it: it pulls in pandas, pyarrow and torch.
+results = LazyModule("csrgan.results")
 
 app = typer.Typer(
     help=(
@@ -38,7 +42,7 @@ class Fmt(StrEnum):
 
 
 #: The metric columns of a results table, as typer choices.
-Metric = StrEnum("Metric", {m: m for m in results.METRICS})
+Metric = StrEnum("Metric", {m: m for m in METRIC_NAMES})
 
 
 T = TypeVar("T")
@@ -101,7 +105,12 @@ def summary(
 @app.command()
 def plot(
     directory: DirArg,
-    by: Annotated[str, typer.Option("--by", help="parameter on the x axis, e.g. sr.mix_prob")],
+    by: Annotated[
+        list[str],
+        typer.Option(
+            "--by", help="parameter on the x axis, e.g. sr.mix_prob; repeat it to plot configurations (arms)"
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write")],
     metric: MetricOpt = None,
     which: WhichOpt = Which.final,
@@ -114,7 +123,87 @@ def plot(
         raise typer.Exit(1)
 
     def go() -> Path:
-        df = results.read_results(directory)
-        return results.plot(df, by, out, _metrics(metric), which.value, test_set or None, phase)
+        from csrgan.results.plot import configurations
+
+        df, x = configurations(results.read_results(directory), by)
+        return results.plot(df, x, out, _metrics(metric), which.value, test_set or None, phase)
 
     typer.echo(f"wrote {_run(go)}")
+
+
+@app.command()
+def report(
+    directory: Annotated[
+        str, typer.Argument(metavar="DIR", help="one sweep folder (results/<sweep>, with its _sweep.json)")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="HTML file to write (default: DIR/_report.html)")
+    ] = None,
+    device: Annotated[str, typer.Option(help="where the arms' generators run for the crops")] = "cpu",
+    crop: Annotated[int, typer.Option(min=8, help="HR px per side of each crop")] = 96,
+) -> None:
+    """One self-contained HTML page of a sweep: tables, plots, crops, degradation stage, provenance.
+
+    The ablation tables as the sweep prints them (with the bicubic baseline and each arm's share of the
+    oracle gain), the plots, crops of every test image (bicubic | each arm's final model | HR, PSNR per
+    crop), the degradation stage's samples and quality verdict, and provenance. Every image is embedded:
+    the file opens offline. Details: docs/results.md, "Report".
+    """
+    if out is not None and out.suffix.lower() not in (".html", ".htm"):
+        typer.echo(f"error: --out must be an .html file, got {out}", err=True)
+        raise typer.Exit(1)
+
+    def go() -> Path:
+        from csrgan.results.report import build_report
+
+        return build_report(directory, out, device=device, crop=crop)
+
+    typer.echo(f"wrote {_run(go)}")
+
+
+@app.command()
+def models(
+    directory: DirArg,
+    where: Annotated[
+        list[str] | None,
+        typer.Option("--where", help="PARAM=VALUE a trial must have, e.g. sr.mix_prob=0.5 (repeatable)"),
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="only trials with this seed")] = None,
+    phase: Annotated[str, typer.Option("--phase", help="whose model: gan (the trial's) or pretrain")] = "gan",
+    path: Annotated[
+        bool, typer.Option("--path", help="print only the model folder of the ONE matching trial (scripts)")
+    ] = False,
+) -> None:
+    """Each trial's final model (the folder evaluate, upscale and export take), with its params and metrics.
+
+    Examples:\n
+      csrgan results models results/quickstart\n
+      M=$(csrgan results models results/quickstart --where sr.mix_prob=0.5 --seed 0 --path)\n
+      csrgan upscale "$M" photo.png -o out/
+    """
+
+    def go() -> str:
+        from csrgan.results import models as m
+
+        df = results.read_results(directory)
+        table = m.trial_models(df, phase)
+        table = m.select(table, df, m.parse_where(where or []), seed)
+        root = m.storage_root_of(directory, df)
+        table["checkpoint"] = [_shown(root / c) for c in table["checkpoint"]]
+        if path:
+            what = " and ".join([*(where or []), *([f"seed={seed}"] if seed is not None else [])]) or "all"
+            return str(m.one_model(table, what)["checkpoint"]) + "\n"
+        if table.empty:
+            raise results.ResultsError("no trial matches --where/--seed")
+        shown = table.rename(columns=lambda c: c.removeprefix(results.PARAM_PREFIX))
+        return shown.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n"
+
+    typer.echo(_run(go), nl=False)
+
+
+def _shown(p: Path) -> str:
+    """A model folder as the user can type it: relative to the current directory when under it."""
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)

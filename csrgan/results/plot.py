@@ -4,12 +4,36 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from csrgan.results.schema import HIGHER_IS_BETTER, PARAM_PREFIX
 from csrgan.results.summary import Which, _fmt_value, summarize
+
+
+def configurations(df: pd.DataFrame, by: Sequence[str]) -> tuple[pd.DataFrame, str]:
+    """Several parameters on one axis: a column ``"a / b"`` whose categories are the configurations
+    (``"1 / pipeline"``), so arms that share one parameter's value (the learned p = 1 and the oracle p = 1)
+    stay apart instead of being averaged into one point."""
+    from csrgan.results.summary import _fmt_value, resolve_column
+
+    if len(by) == 1:
+        return df, by[0]
+    cols = [resolve_column(df, b) for b in by]
+    name = " / ".join(c.removeprefix(PARAM_PREFIX) for c in cols)
+    values = [" / ".join(_fmt_value(r[c]) for c in cols) for r in df[cols].to_dict("records")]
+    return df.assign(**{name: values}), name
+
+
+def baseline_of(df: pd.DataFrame, test_set: str, metric: str) -> float | None:
+    """The bicubic baseline of ``test_set`` from the rows' ``baseline_<metric>`` column (None if absent)."""
+    col = f"baseline_{metric}"
+    if col not in df.columns:
+        return None
+    vals = df.loc[df["test_set"] == test_set, col].dropna()
+    return float(vals.iloc[0]) if len(vals) else None
 
 
 def plot(
@@ -21,11 +45,28 @@ def plot(
     test_sets: Sequence[str] | None = None,
     phase: str | None = None,
 ) -> Path:
-    """PNG of metric vs ``by``: one subplot per metric, one line per test set, error bars = std over seeds.
+    """PNG of metric vs ``by``: one subplot per metric, one line per test set, error bars = std over seeds,
+    and each test set's bicubic baseline (rows' ``baseline_<metric>``) as a dashed line of its colour.
 
     Numeric parameters are plotted on a numeric axis (log when they span >= 2 decades, all positive);
     others (and parameters with missing values) as categories.
     """
+    fig = figure(df, by, metrics, which, test_sets, phase)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", dpi=120)
+    return out
+
+
+def figure(
+    df: pd.DataFrame,
+    by: str,
+    metrics: Sequence[str] | None = None,
+    which: Which = "final",
+    test_sets: Sequence[str] | None = None,
+    phase: str | None = None,
+) -> Any:
+    """The matplotlib ``Figure`` that :func:`plot` saves."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -43,7 +84,11 @@ def plot(
     for ax, m in zip(axes, metrics, strict=True):
         for ts in test_sets:
             mean, std = summary[f"{ts}/{m} mean"].to_numpy(float), summary[f"{ts}/{m} std"].to_numpy(float)
-            ax.errorbar(x, mean, yerr=np.nan_to_num(std, nan=0.0), marker="o", capsize=3, label=ts)
+            line = ax.errorbar(x, mean, yerr=np.nan_to_num(std, nan=0.0), marker="o", capsize=3, label=ts)
+            base = baseline_of(df, ts, m)
+            if base is not None:
+                color = line.lines[0].get_color()
+                ax.axhline(base, color=color, linestyle="--", linewidth=1, label=f"{ts}: bicubic")
         ax.set_xlabel(label)
         ax.set_ylabel(f"{m.upper()} ({'higher' if HIGHER_IS_BETTER[m] else 'lower'} is better)")
         ax.set_title(f"{m} ({which} step)")
@@ -54,13 +99,10 @@ def plot(
             ax.set_xticks(x, [_fmt_value(v) for v in xs])
         if not numeric:
             ax.set_xticks(x, [_fmt_value(v) for v in xs])
-        ax.legend(title="test set", fontsize="small")
+        ax.legend(title="test set (dashed: bicubic)", fontsize="small")
     ns = ", ".join(
         f"{_fmt_value(v)}: n={n}" + (f" (+{d} diverged)" if d else "")
         for v, n, d in zip(xs, summary["n"], summary["n_diverged"], strict=True)
     )
     fig.suptitle(f"phase {summary.attrs['phase']}; mean ± std over seeds; {label} {ns}", fontsize="small")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=120)
-    return out
+    return fig

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from csrgan.metrics import METRIC_NAMES
+from csrgan.metrics import METRIC_NAMES, NOREF_METRIC_NAMES
 from csrgan.metrics import METRICS as _METRICS
 
 # ------------------------------------------------------------------------------------------ constants
@@ -35,7 +35,7 @@ EXTRA_PREFIX = "extra."
 
 #: The metric columns (one per built-in metric of :data:`csrgan.metrics.METRICS`, in table order), which
 #: way each is better, and the decimals of its mean and std in the markdown summary.
-METRICS = METRIC_NAMES
+METRICS = (*METRIC_NAMES, *NOREF_METRIC_NAMES)
 HIGHER_IS_BETTER = {m: _METRICS.get(m).higher_is_better for m in METRICS}
 DECIMALS = {m: _METRICS.get(m).decimals for m in METRICS}
 
@@ -56,6 +56,7 @@ _BODY = pa.schema(
         pa.field("psnr", pa.float64()),
         pa.field("ssim", pa.float64()),
         pa.field("lpips", pa.float64()),
+        pa.field("niqe", pa.float64()),
         pa.field("wall_s", pa.float64(), nullable=False),
         pa.field("device_s", pa.float64(), nullable=False),
         pa.field("git_commit", pa.string()),
@@ -71,7 +72,8 @@ _FIXED_TYPES = {f.name: f.type for f in FIXED_SCHEMA}
 #: Set by the store; rows may carry them (e.g. rows read back) but must then agree.
 _STORE_COLUMNS = ("sweep", "trial_id", "status")
 _REQUIRED = ("seed", "phase", "step", "test_set", "wall_s", "device_s", "config_hash", "protocol", "weights")
-_OPTIONAL = ("psnr", "ssim", "lpips", "git_commit", "created_at")  # absent -> null (created_at -> now)
+#: absent -> null (created_at -> now)
+_OPTIONAL = ("psnr", "ssim", "lpips", "niqe", "git_commit", "created_at")
 _ROW_KEY = ("phase", "step", "test_set")
 #: Extras csrgan itself writes that are not strings: their type when a trial has only nulls (e.g. the
 #: degradation stage's numbers in a p = 0 trial), so files of one sweep agree.
@@ -79,6 +81,8 @@ KNOWN_EXTRA_TYPES: dict[str, pa.DataType] = {
     "degradation_accepted_poor": pa.bool_(),
     "degradation_lowfreq_psnr": pa.float64(),
     "degradation_hf_w1_ratio": pa.float64(),
+    "baseline_psnr": pa.float64(),
+    "baseline_ssim": pa.float64(),
 }
 
 

@@ -21,9 +21,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from csrgan.metrics import METRIC_NAMES as METRICS
 from csrgan.results import ResultsStore
+from csrgan.results.schema import METRICS
 from csrgan.storage import SweepLayout
+from csrgan.train.checkpoint import step_dir_name
+from csrgan.train.context import CHECKPOINTS_DIR
+from csrgan.train.loop import FINAL_DIR
+
+#: The columns that lead from a row to the files behind it (paths relative to the storage root).
+ARTEFACT_COLUMNS = ("run_dir", "checkpoint", "grid")
+#: Bicubic upsampling of the row's test set, same protocol: the number every arm has to beat.
+BASELINE_METRICS = ("psnr", "ssim")
 
 
 def eval_rows(metrics: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
@@ -38,6 +46,46 @@ def eval_rows(metrics: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:
     return out
 
 
+@dataclass(frozen=True)
+class RunFiles:
+    """Where one run (a trial's GAN phase, a shared stage) keeps its files, for a row's artefact columns.
+
+    ``root`` is the storage root and ``run_dir`` the run's folder under it; paths in rows are relative to
+    ``root`` (POSIX), so a results folder that is moved or copied with its ``_stages`` still resolves.
+    The checkpoint of a step is the run's ``final/`` at its last step (the artefact ``csrgan evaluate``,
+    ``upscale`` and ``export`` take; never pruned), else ``checkpoints/step_XXXXXXXX`` when the cadence
+    wrote one (the newest two are kept, so an older row may name a pruned folder), else None.
+    """
+
+    root: Path
+    run_dir: Path
+    phase: str
+    iters: int
+    checkpoint_every: int
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def columns(self, step: int, test_set: str) -> dict[str, str | None]:
+        if step >= self.iters:
+            ckpt: Path | None = self.run_dir / FINAL_DIR
+        elif self.checkpoint_every > 0 and step % self.checkpoint_every == 0:
+            ckpt = self.run_dir / CHECKPOINTS_DIR / step_dir_name(step)
+        else:
+            ckpt = None
+        grid = self.run_dir / "grids" / self.phase / f"{test_set}_step{step}.png"
+        return {
+            "run_dir": self._rel(self.run_dir),
+            "checkpoint": None if ckpt is None else self._rel(ckpt),
+            "grid": self._rel(grid) if grid.is_file() else None,  # written by the evaluation just before
+        }
+
+
+def baseline_columns(baseline: Mapping[str, float], test_set: str) -> dict[str, float | None]:
+    """``baseline_psnr``/``baseline_ssim`` of ``test_set`` from ``{"<set>/psnr": ...}`` (None if absent)."""
+    return {f"baseline_{m}": _num(baseline.get(f"{test_set}/{m}")) for m in BASELINE_METRICS}
+
+
 def _num(v: Any) -> float | None:
     try:
         f = float(v)
@@ -50,9 +98,18 @@ class TrialRecorder:
     """Collects rows for one trial and persists them through a :class:`ResultsStore`."""
 
     def __init__(
-        self, store: ResultsStore, trial_id: str, static: dict[str, Any], devices: float, test_sets: list[str]
+        self,
+        store: ResultsStore,
+        trial_id: str,
+        static: dict[str, Any],
+        devices: float,
+        test_sets: list[str],
+        files: Mapping[str, RunFiles] | None = None,
+        baseline: Mapping[str, float] | None = None,
     ) -> None:
         self.store = store
+        self.files = dict(files or {})  # phase -> where that phase's run keeps its files
+        self.baseline = dict(baseline or {})
         self.trial_id = trial_id
         self.static = static
         self.devices = devices
@@ -92,10 +149,13 @@ class TrialRecorder:
         wall = self.wall_s()
         now = datetime.now(UTC)
         self.rows = [r for r in self.rows if not (r["phase"] == phase and r["step"] == step)]
+        files = self.files.get(phase)
         for test_set, vals in per_set.items():
             self.rows.append(
                 {
                     **self.static,
+                    **(files.columns(step, test_set) if files else {}),
+                    **baseline_columns(self.baseline, test_set),
                     "phase": phase,
                     "step": step,
                     "test_set": test_set,
@@ -129,11 +189,21 @@ class TrialRows:
     devices: float
     test_sets: tuple[str, ...] = field(default_factory=tuple)
     phase: str = "gan"
+    files: dict[str, RunFiles] = field(default_factory=dict)
+    baseline: dict[str, float] = field(default_factory=dict)
 
     def recorder(self) -> TrialRecorder:
         """A recorder holding the rows already on disk."""
         store = ResultsStore(str(self.layout.root), self.layout.sweep)
-        return TrialRecorder(store, self.trial_id, dict(self.static), self.devices, list(self.test_sets))
+        return TrialRecorder(
+            store,
+            self.trial_id,
+            dict(self.static),
+            self.devices,
+            list(self.test_sets),
+            self.files,
+            self.baseline,
+        )
 
     def __call__(self) -> TrialReporter:
         return TrialReporter(self.recorder(), self.phase)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from csrgan.config import ExperimentConfig, config_hash, get_dotted, validate_co
 from csrgan.metrics import PROTOCOL
 from csrgan.results import flatten_params
 from csrgan.storage import SweepLayout
-from csrgan.sweep.recorder import TrialRecorder, TrialRows
+from csrgan.sweep.recorder import RunFiles, TrialRecorder, TrialRows
 from csrgan.sweep.space import TrialSpec, trial_config
 from csrgan.sweep.stages import (
     StageDivergedError,
@@ -61,6 +61,8 @@ class SweepRuntime:
     layout: SweepLayout
     git_commit: str | None
     param_names: tuple[str, ...]
+    #: MATLAB-bicubic metrics per test set (``{"<set>/psnr": ...}``), written into every row
+    baseline: dict[str, float] = field(default_factory=dict)
 
     def base_config(self) -> ExperimentConfig:
         return validate_config(self.base, source=f"sweep {self.layout.sweep}")
@@ -112,7 +114,27 @@ def _rows(cfg: ExperimentConfig, spec: TrialSpec, runtime: SweepRuntime, trial_i
         "lr_source_id": _lr_source_id(cfg),
         **dict.fromkeys(DEGRADATION_COLUMNS),
     }
-    return TrialRows(layout, trial_id, static, devices_of(cfg), tuple(t.name for t in cfg.data.test_sets))
+    return TrialRows(
+        layout,
+        trial_id,
+        static,
+        devices_of(cfg),
+        tuple(t.name for t in cfg.data.test_sets),
+        files=_run_files(cfg, layout, trial_id, needed),
+        baseline=dict(runtime.baseline),
+    )
+
+
+def _run_files(
+    cfg: ExperimentConfig, layout: SweepLayout, trial_id: str, needed: tuple[str, ...]
+) -> dict[str, RunFiles]:
+    """Per phase, the run folder its rows lead to: the trial's own GAN phase, the shared pre-training."""
+    sr, root = cfg.sr, layout.root
+    files = {"gan": RunFiles(root, layout.trial_dir(trial_id), "gan", sr.gan.iters, sr.checkpoint_every)}
+    if "pretrain" in needed:
+        stage_dir = stage_ref("pretrain", cfg, layout).dir
+        files["pretrain"] = RunFiles(root, stage_dir, "pretrain", sr.pretrain.iters, sr.checkpoint_every)
+    return files
 
 
 #: The degradation stage's quality, in every row of a trial that trains on it (None otherwise).

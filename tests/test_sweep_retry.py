@@ -27,9 +27,10 @@ def fails_in_tune(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Ray and the baseline are skipped; ``fit`` writes Tune's state and then fails."""
     seen: list[Path] = []
     monkeypatch.setattr(driver, "_start_cluster", lambda plan, address, num_cpus: 1)
+    monkeypatch.setattr(driver, "_say_cluster", lambda address, slots, say: None)
     monkeypatch.setattr(driver, "_bicubic_baseline", lambda cfg, echo: {})
     monkeypatch.setattr(driver, "_start_cyclegan_builds", lambda plan, echo: [])
-    monkeypatch.setattr(driver, "_tuner", lambda plan, slots, echo: plan)
+    monkeypatch.setattr(driver, "_tuner", lambda plan, slots, echo, baseline: plan)
 
     def fit(plan: Any) -> Any:
         plan.layout.tune.mkdir(parents=True)

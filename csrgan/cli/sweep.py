@@ -84,10 +84,9 @@ def sweep(
         )
 
     if outcome.baseline:
-        typer.echo(
-            "\nbicubic-interpolation baseline (MATLAB bicubic, same protocol): "
-            + ", ".join(f"{k} {v:.4f}" for k, v in sorted(outcome.baseline.items()))
-        )
+        from csrgan.results.report_data import baseline_line
+
+        typer.echo("\n" + baseline_line(outcome.baseline))  # the report prints the same sentence
     _print_summary(cfg, outcome.results_dir, outcome.baseline)
     t = outcome.timing
     if t.get("train_s"):

@@ -23,7 +23,8 @@ import pandas as pd
 
 from csrgan.results.effects import SHARE_COLUMN, effects, find_row, gain_column, pooled_std
 from csrgan.results.notes import closing_note
-from csrgan.results.schema import DECIMALS, PARAM_PREFIX, ResultsError
+from csrgan.results.plot import baseline_of
+from csrgan.results.schema import BASELINE_METRICS, DECIMALS, PARAM_PREFIX, ResultsError
 from csrgan.results.store import read_results
 from csrgan.results.summary import format_summary, summarize
 from csrgan.storage import META_FILE, STAGES_DIR, SweepLayout, is_uri
@@ -46,7 +47,6 @@ __all__ = [
 
 #: The phases a sweep's rows hold, in the order the sweep prints them, and their headings.
 PHASE_TITLES = {"pretrain": "SRResNet pre-training", "gan": "SRGAN (GAN phase)"}
-BASELINE_METRICS = ("psnr", "ssim", "lpips")
 
 
 @dataclass(frozen=True)
@@ -185,13 +185,8 @@ def fill_baseline_columns(df: pd.DataFrame, baseline: Mapping[str, float]) -> pd
     return df
 
 
-def baseline_value(df: pd.DataFrame, test_set: str, metric: str) -> float | None:
-    """The bicubic baseline of ``test_set`` (rows' ``baseline_<metric>``), None when unknown."""
-    col = f"baseline_{metric}"
-    if col not in df.columns:
-        return None
-    vals = df.loc[df["test_set"] == test_set, col].dropna()
-    return float(vals.iloc[0]) if len(vals) else None
+#: The bicubic baseline of a test set from the rows (one definition, shared with the plot).
+baseline_value = baseline_of
 
 
 def baseline_line(baseline: Mapping[str, float]) -> str:

@@ -84,6 +84,9 @@ KNOWN_EXTRA_TYPES: dict[str, pa.DataType] = {
     "baseline_psnr": pa.float64(),
     "baseline_ssim": pa.float64(),
 }
+#: ``baseline_<metric>`` columns: MATLAB-bicubic upsampling of the row's test set, same protocol (the
+#: driver measures PSNR/SSIM only: LPIPS would need the backbone in the driver).
+BASELINE_METRICS = ("psnr", "ssim")
 
 
 class ResultsError(ValueError):

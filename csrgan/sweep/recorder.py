@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from csrgan.results import ResultsStore
-from csrgan.results.schema import METRICS
+from csrgan.results.schema import BASELINE_METRICS, METRICS
 from csrgan.storage import SweepLayout
 from csrgan.train.checkpoint import step_dir_name
 from csrgan.train.context import CHECKPOINTS_DIR
@@ -30,8 +30,6 @@ from csrgan.train.loop import FINAL_DIR
 
 #: The columns that lead from a row to the files behind it (paths relative to the storage root).
 ARTEFACT_COLUMNS = ("run_dir", "checkpoint", "grid")
-#: Bicubic upsampling of the row's test set, same protocol: the number every arm has to beat.
-BASELINE_METRICS = ("psnr", "ssim")
 
 
 def eval_rows(metrics: Mapping[str, Any]) -> dict[str, dict[str, float | None]]:

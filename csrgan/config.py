@@ -111,6 +111,7 @@ SRGeneratorSpec = _component("SRGeneratorSpec", R.SR_GENERATORS, "srresnet")
 SRDiscriminatorSpec = _component("SRDiscriminatorSpec", R.SR_DISCRIMINATORS, "srgan")
 DegradationGeneratorSpec = _component("DegradationGeneratorSpec", R.DEGRADATION_GENERATORS, "residual")
 DegradationCriticSpec = _component("DegradationCriticSpec", R.DEGRADATION_CRITICS, "dsgan")
+ScheduleSpec = _component("ScheduleSpec", R.SCHEDULES, "constant")
 
 
 class LossSpec(ComponentSpec):
@@ -305,25 +306,57 @@ class CycleGANConfig(Strict):
 
 
 # -------------------------------------------------------------------------------------------------- srgan
+def _check_schedule(schedule: ComponentSpec, iters: int, section: str) -> None:
+    """A multistep milestone at or after ``iters`` never applies: a config error, not a silent no-op."""
+    milestones = list(schedule.kwargs().get("milestones") or [])
+    if milestones != sorted(set(milestones)):
+        raise ValueError(f"{section}.schedule: milestones must be strictly increasing, got {milestones}")
+    if milestones and iters and milestones[-1] >= iters:
+        raise ValueError(
+            f"{section}.schedule: milestones {milestones} must be < iters ({iters}); a later one never applies"
+        )
+
+
+_SCHEDULE_HELP = (
+    "{type: constant | multistep | cosine, ...} (csrgan.train.schedules); multistep: milestones (iterations), "
+    "gamma; cosine: eta_min"
+)
+_MOVED_MILESTONES = (
+    "use {section}.schedule: {{type: multistep, milestones: [...], gamma: 0.1}} (schedules are data now)"
+)
+
+
 class PretrainConfig(Strict):
-    """Stage A: SRResNet with a pixel loss. ``iters: 0`` skips it."""
+    """Stage A: the generator with a pixel loss (SRResNet; ESRGAN's PSNR-oriented RRDBNet). ``iters: 0``
+    skips it."""
 
     iters: NonNegInt = 100_000
     lr: PosFloat = 1e-4
-    loss: LossName = Field(default="mse", description="a name in the loss registry")
+    loss: LossName = Field(default="mse", description="a name in the loss registry (ESRGAN: l1)")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description=_SCHEDULE_HELP)
+
+    SECTION = "sr.pretrain"
+
+    @model_validator(mode="after")
+    def _schedule_fits(self) -> PretrainConfig:
+        _check_schedule(self.schedule, self.iters, self.SECTION)
+        return self
 
 
 class GANStageConfig(Strict):
-    """Stage B: SRGAN with content + adversarial loss (Ledig et al. 2017).
+    """Stage B: the GAN phase, SRGAN (Ledig et al. 2017) or ESRGAN (Wang et al. 2018) by configuration.
 
-    ``lr_milestones``/``lr_gamma``: the learning rate is multiplied by ``lr_gamma`` at each milestone
-    iteration (a step schedule; Ledig et al.: 1e-4, then 1e-5 for the second half of training).
+    ``L_G = content.weight * content + adv_weight * adversarial + pixel_weight * pixel_loss``. SRGAN:
+    VGG ``relu5_4`` content, ``adv_weight 1e-3``, ``gan_mode vanilla``, 1e-4 then 1e-5 (``schedule:
+    {type: multistep, milestones: [iters/2], gamma: 0.1}``). ESRGAN: VGG ``conv5_4`` (before the
+    activation) with an L1 criterion, ``adv_weight 5e-3``, ``pixel_loss l1`` with ``pixel_weight 1e-2``,
+    ``gan_mode ragan`` (relativistic average), 1e-4 halved at 50k, 100k, 200k and 300k of 400k
+    (experiments/esrgan_mix_prob.yaml).
     """
 
     iters: NonNegInt = 100_000
     lr: PosFloat = 1e-4
-    lr_milestones: list[PosInt] = Field(default_factory=list, description="iterations where lr *= lr_gamma")
-    lr_gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description=_SCHEDULE_HELP)
     content: LossSpec = Field(
         default_factory=LossSpec,
         description="{type: vgg|mse|l1, weight, **arguments}; vgg: layer (paper: relu5_4), feature_scale "
@@ -331,18 +364,58 @@ class GANStageConfig(Strict):
     )
     adv_weight: NonNegFloat = 1e-3
     pixel_weight: NonNegFloat = 0.0
-    gan_mode: GANLossName = Field(default="vanilla", description="a name in GAN_LOSSES")
+    pixel_loss: LossName = Field(default="mse", description="the pixel term's loss (ESRGAN: l1)")
+    gan_mode: GANLossName = Field(
+        default="vanilla", description="a name in GAN_LOSSES: vanilla | lsgan | ragan (relativistic average)"
+    )
 
     SECTION = "sr.gan"
+    MOVED = {
+        "lr_milestones": _MOVED_MILESTONES.format(section="sr.gan"),
+        "lr_gamma": _MOVED_MILESTONES.format(section="sr.gan"),
+    }
 
     @model_validator(mode="after")
-    def _milestones(self) -> GANStageConfig:
-        m = self.lr_milestones
-        if m != sorted(set(m)):
-            raise ValueError(f"lr_milestones must be strictly increasing, got {m}")
-        if m and self.iters and m[-1] >= self.iters:
-            raise ValueError(f"lr_milestones {m} must be < iters ({self.iters}); a later one never applies")
+    def _schedule_fits(self) -> GANStageConfig:
+        _check_schedule(self.schedule, self.iters, self.SECTION)
         return self
+
+
+class EMAConfig(Strict):
+    """An exponential moving average of the generator's weights (Real-ESRGAN, traiNNer-redux: 0.999).
+
+    After every optimiser step ``θ_ema <- decay * θ_ema + (1 - decay) * θ`` for each parameter; buffers
+    (BatchNorm statistics) are copied. ``θ_ema`` starts as the phase's initial generator. When on, the
+    EMA generator is what the phase evaluates and exports as ``final/`` (so the GAN phase starts from the
+    pre-training's EMA, and ``csrgan upscale``/``export`` use it); the raw generator stays in the
+    checkpoint (``nets["G"]``, the EMA is ``nets["G_ema"]``).
+    """
+
+    decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.999
+
+    SECTION = "sr.ema"
+
+
+class JointConfig(Strict):
+    """Joint training of the degradation and the SR network (report 6.4; CycleSR-style, Chen et al. 2020).
+
+    With ``enabled``, the SR phases in ``phases`` run the learned degradation ``G`` on the fly instead
+    of reading its cached output: each training LR is ``G(bicubic LR)`` with probability ``sr.mix_prob``,
+    and ``G`` (initialised from the degradation stage, with its critic) keeps training on its own
+    losses, at ``lr``, against the real LR while the SR network trains on its output. ``sr_weight``
+    scales the SR loss that flows back into ``G`` (the indirect supervised path): ``0`` lets no SR
+    gradient reach ``G``; ``lr: 0`` freezes ``G`` (with ``sr_weight: 0``, today's two-stage CSR-GAN
+    computed on the fly). Needs ``sr.lr_source: cyclegan``.
+    """
+
+    enabled: bool = False
+    phases: list[Literal["pretrain", "gan"]] = Field(
+        default_factory=lambda: ["gan"], min_length=1, description="the SR phases that train G jointly"
+    )
+    sr_weight: NonNegFloat = Field(default=0.1, description="weight of the SR loss in G's loss (0 = none)")
+    lr: NonNegFloat = Field(default=1e-4, description="G's (and its critic's) learning rate; 0 = frozen")
+
+    SECTION = "sr.joint"
 
 
 class SRGANConfig(Strict):
@@ -368,6 +441,12 @@ class SRGANConfig(Strict):
     )
     pretrain: PretrainConfig = PretrainConfig()
     gan: GANStageConfig = GANStageConfig()
+    ema: EMAConfig | None = Field(
+        default=None, description="{decay: 0.999}: evaluate and export an EMA of the generator (null: off)"
+    )
+    joint: JointConfig = Field(
+        default_factory=JointConfig, description="train the degradation G with the SR network"
+    )
     batch_size: PosInt = 16
     patch_size: PosInt = Field(default=96, description="HR patch side; must be a multiple of the scale")
     eval_every: PosInt = 1000
@@ -388,8 +467,22 @@ class SRGANConfig(Strict):
         return v
 
     def uses_degradation_stage(self) -> bool:
-        """True when training reads the learned degradation (the cyclegan stage's cached LR)."""
+        """True when training reads the learned degradation (the cyclegan stage's cached LR, or its
+        generator with ``sr.joint``)."""
         return self.mix_prob > 0 and self.lr_source == "cyclegan"
+
+    def joint_in(self, phase: str) -> bool:
+        """True when ``phase`` trains the degradation generator jointly (``sr.joint``)."""
+        return self.joint.enabled and phase in self.joint.phases and self.uses_degradation_stage()
+
+    @model_validator(mode="after")
+    def _joint_needs_the_stage(self) -> SRGANConfig:
+        if self.joint.enabled and not self.uses_degradation_stage():
+            raise ValueError(
+                f"sr.joint.enabled needs the learned degradation (sr.lr_source: cyclegan, sr.mix_prob > 0); "
+                f"got lr_source {self.lr_source!r}, mix_prob {self.mix_prob:g}"
+            )
+        return self
 
     MOVED = {
         "model": "use sr.generator: {type: srresnet, channels, n_blocks, global_bicubic_skip} and "
@@ -430,8 +523,14 @@ class ResourcesConfig(Strict):
     cpus_per_worker: PosFloat = 1.0
     gpus_per_worker: NonNegFloat = 0.0
     max_concurrent_trials: PosInt | None = None
-    amp: bool = Field(default=False, description="bf16 autocast (GPU only)")
-    channels_last: bool = False
+    amp: bool | Literal["auto"] = Field(
+        default="auto",
+        description="bf16 autocast; auto: the faster setting of the worker's device (csrgan.train.efficiency)",
+    )
+    channels_last: bool | Literal["auto"] = Field(
+        default="auto", description="channels_last memory format; auto: the faster setting of the device"
+    )
+    compile: bool = Field(default=False, description="torch.compile the generator and discriminator")
     threads_per_worker: PosInt | None = Field(default=None, description="torch.set_num_threads per worker")
 
     @field_validator("gpus_per_worker")
@@ -497,8 +596,25 @@ class FIFOConfig(Strict):
 
 
 class SearchConfig(Strict):
+    """What to run and what to optimise.
+
+    ``metric`` is one ``{name, goal}`` or a list of them (a multi-objective search, e.g. maximise
+    ``unknown/psnr`` and ``bicubic/psnr``, or PSNR against LPIPS). A list is kept whole in
+    :attr:`objectives`; ``metric`` is then its first entry, the one the live view, the table's gains and
+    Tune's "best trial" use. Optuna then samples with a multi-objective sampler (``sampler``) and the
+    summary reports the Pareto front. Schedulers do not apply to several objectives: ASHA stops trials
+    on one metric, and Optuna cannot prune multi-objective studies, so ``scheduler`` must be ``fifo``.
+    """
+
     method: Literal["grid", "random", "optuna"] = "grid"
     metric: MetricSpec
+    objectives: list[MetricSpec] = Field(
+        default_factory=list,
+        description="set from a list-valued `metric` (multi-objective); empty for one objective",
+    )
+    sampler: Literal["tpe", "nsga2"] = Field(
+        default="tpe", description="optuna: TPE (single or multi-objective) or NSGA-II (multi-objective)"
+    )
     parameters: dict[str, ParamSpec] = Field(default_factory=dict)
     seeds: list[NonNegInt] = Field(
         default_factory=lambda: [0], min_length=1, description="each configuration runs once per seed"
@@ -521,6 +637,28 @@ class SearchConfig(Strict):
         description="the upper bound (e.g. training on the true degradation); the table adds each arm's "
         "share of the oracle's gain over the reference",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_list(cls, data: Any) -> Any:
+        """``metric: [{name, goal}, ...]`` -> ``objectives`` (the list) and ``metric`` (its first)."""
+        if isinstance(data, dict) and isinstance(data.get("metric"), list):
+            metrics = data["metric"]
+            if not metrics:
+                raise ValueError("search.metric: an empty list; give one {name, goal} or several")
+            if data.get("objectives") not in (None, [], metrics):
+                raise ValueError("search.objectives is set from a list-valued search.metric; give only one")
+            data = {**data, "metric": metrics[0], "objectives": metrics}
+        return data
+
+    @property
+    def targets(self) -> list[MetricSpec]:
+        """The objectives: every ``metric`` of a list, else the one ``metric``."""
+        return list(self.objectives) or [self.metric]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.targets) > 1
 
     @field_validator("arms")
     @classmethod
@@ -554,6 +692,19 @@ class SearchConfig(Strict):
             )
         if self.method == "grid" and self.num_samples != 1:
             raise ValueError("num_samples applies to random/optuna; a grid runs every combination × seeds")
+        names = [m.name for m in self.targets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"search.metric lists a metric twice: {names}")
+        if self.objectives and self.objectives[0] != self.metric:
+            raise ValueError("search.metric must be the first of search.objectives")
+        if self.multi_objective and self.scheduler.type != "fifo":
+            raise ValueError(
+                f"search.scheduler {self.scheduler.type!r} stops trials on one metric, but search.metric has "
+                f"{len(names)} objectives ({', '.join(names)}); Optuna cannot prune multi-objective studies "
+                "either: use scheduler: {type: fifo}"
+            )
+        if self.sampler == "nsga2" and not self.multi_objective:
+            raise ValueError("search.sampler nsga2 is a multi-objective sampler; give search.metric a list")
         if self.oracle is not None and self.reference is None:
             raise ValueError(
                 "search.oracle needs search.reference (the share of the oracle's gain over what?)"
@@ -595,11 +746,9 @@ class ExperimentConfig(Strict):
             raise ValueError(str(exc)) from None
         return v
 
-    def _check_search_metric(self, test_set: str) -> None:
-        """The searched metric is computed (in ``eval.metrics``) on a set that has ground truth."""
-        assert self.search is not None
-        name = self.search.metric.name
-        metric = name.rsplit("/", 1)[1]
+    def _check_search_metric(self, name: str) -> None:
+        """The searched metric ``name`` is computed (in ``eval.metrics``) on a set that has ground truth."""
+        test_set, metric = name.rsplit("/", 1)
         if metric not in self.eval.metrics:
             raise ValueError(
                 f"search.metric.name {name!r}: {metric!r} is not in eval.metrics {self.eval.metrics}, "
@@ -639,13 +788,14 @@ class ExperimentConfig(Strict):
             test_names = {t.name for t in self.data.test_sets} | (
                 {"bicubic", "unknown"} if self.data.demo is not None and not self.data.test_sets else set()
             )
-            metric_set = self.search.metric.name.split("/")[0]
-            if test_names and metric_set not in test_names:
-                raise ValueError(
-                    f"search.metric.name {self.search.metric.name!r}: no test set {metric_set!r} "
-                    f"(have: {sorted(test_names)})"
-                )
-            self._check_search_metric(metric_set)
+            for target in self.search.targets:
+                metric_set = target.name.split("/")[0]
+                if test_names and metric_set not in test_names:
+                    raise ValueError(
+                        f"search.metric.name {target.name!r}: no test set {metric_set!r} "
+                        f"(have: {sorted(test_names)})"
+                    )
+                self._check_search_metric(target.name)
         return self
 
 

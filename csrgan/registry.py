@@ -10,14 +10,16 @@ validate names and arguments without importing torch; each registry imports the 
 ==========================  =============================  ==============================================
 registry                    config field                   filled by
 ==========================  =============================  ==============================================
-``SR_GENERATORS``           ``sr.generator.type``          :mod:`csrgan.models` (``srresnet``)
-``SR_DISCRIMINATORS``       ``sr.discriminator.type``      :mod:`csrgan.models` (``srgan``)
+``SR_GENERATORS``           ``sr.generator.type``          :mod:`csrgan.models` (``srresnet``, ``rrdb``)
+``SR_DISCRIMINATORS``       ``sr.discriminator.type``      :mod:`csrgan.models` (``srgan``, ``vgg128``)
 ``DEGRADATION_GENERATORS``  ``cyclegan.generator.type``    :mod:`csrgan.models` (``resnet``)
 ``DEGRADATION_CRITICS``     ``cyclegan.discriminator.type``  :mod:`csrgan.models` (``patchgan``)
 ``LOSSES``                  ``sr.pretrain.loss``, ``sr.gan.content.type``  :mod:`csrgan.losses`
 ``GAN_LOSSES``              ``sr.gan.gan_mode``            :mod:`csrgan.losses` (``vanilla``, ``lsgan``)
 ``METRICS``                 ``eval.metrics``, ``search.metric.name``  :mod:`csrgan.metrics`
 ``DEGRADATIONS``            degradation pipeline steps     :mod:`csrgan.data.degradations`
+``SCHEDULES``               ``sr.pretrain.schedule``,      :mod:`csrgan.train.schedules` (``constant``,
+                            ``sr.gan.schedule``            ``multistep``, ``cosine``)
 ==========================  =============================  ==============================================
 
 A constructor's keyword arguments are its YAML arguments: ``{type: srresnet, channels: 32}`` is
@@ -205,3 +207,4 @@ LOSSES = Registry("loss", discover=("csrgan.losses",))
 GAN_LOSSES = Registry("GAN loss", discover=("csrgan.losses",))
 METRICS = Registry("metric", discover=("csrgan.metrics",))
 DEGRADATIONS = Registry("degradation", discover=("csrgan.data.degradations",))
+SCHEDULES = Registry("learning-rate schedule", discover=("csrgan.train.schedules",))

@@ -272,13 +272,23 @@ CASES = [
     ),
     Case(
         "lr-milestones-not-increasing",
-        ("- sr.gan:", "lr_milestones must be strictly increasing", "[1, 1]"),
-        _both(_set("sr.gan.iters", 5), _set("sr.gan.lr_milestones", [1, 1])),
+        ("- sr.gan:", "milestones must be strictly increasing", "[1, 1]"),
+        _both(_set("sr.gan.iters", 5), _set("sr.gan.schedule", {"type": "multistep", "milestones": [1, 1]})),
     ),
     Case(
         "lr-milestone-after-the-end",
-        ("- sr.gan:", "lr_milestones [2] must be < iters (2)"),
-        _set("sr.gan.lr_milestones", [2]),
+        ("- sr.gan:", "milestones [2] must be < iters (2)"),
+        _set("sr.gan.schedule", {"type": "multistep", "milestones": [2]}),
+    ),
+    Case(
+        "lr-milestones-moved-to-the-schedule",
+        ("`sr.gan.lr_milestones` is gone", "sr.gan.schedule: {type: multistep"),
+        _set("sr.gan.lr_milestones", [1]),
+    ),
+    Case(
+        "unknown-schedule",
+        ("- sr.pretrain.schedule:", "unknown learning-rate schedule 'linear'", "cosine, multistep"),
+        _set("sr.pretrain.schedule", {"type": "linear"}),
     ),
     Case(
         "mse-content-with-a-layer",  # mse takes no arguments (a VGG layer is meaningless for it)
@@ -771,7 +781,9 @@ SR_ONLY = [
     "cyclegan.checkpoint_every=2",
     "seed=1",  # a sweep's seeds repeat SR training over one shared CycleGAN (cyclegan.seed is its own)
     "sr.lr_source=pipeline",
-    "sr.gan.lr_milestones=[1]",
+    "sr.gan.schedule.type=cosine",
+    "sr.ema.decay=0.99",
+    "sr.gan.gan_mode=ragan",
 ]
 CYCLEGAN = [
     "cyclegan.iters=3",
@@ -889,10 +901,10 @@ def test_sr_keys_ignore_the_degradation_stage_it_does_not_use(
 
 
 def test_gan_key_follows_the_lr_schedule(keyed: Callable[..., ExperimentConfig]) -> None:
-    assert gan_key(keyed("sr.gan.lr_milestones=[1]")) != gan_key(keyed())
-    assert gan_key(keyed("sr.gan.lr_milestones=[1]", "sr.gan.lr_gamma=0.5")) != gan_key(
-        keyed("sr.gan.lr_milestones=[1]")
-    )
+    step = ("sr.gan.schedule.type=multistep", "sr.gan.schedule.milestones=[1]")
+    assert gan_key(keyed(*step)) != gan_key(keyed())
+    assert gan_key(keyed(*step, "sr.gan.schedule.gamma=0.1")) != gan_key(keyed(*step))
+    assert gan_key(keyed("sr.gan.schedule.type=cosine")) != gan_key(keyed())
 
 
 KEYS = {"cyclegan": cyclegan_key, "pretrain": pretrain_key, "gan": gan_key}

@@ -83,6 +83,13 @@ KNOWN_EXTRA_TYPES: dict[str, pa.DataType] = {
     "degradation_hf_w1_ratio": pa.float64(),
     "baseline_psnr": pa.float64(),
     "baseline_ssim": pa.float64(),
+    # the run's settings (csrgan.train.loop.TrainLoop.settings)
+    "amp": pa.bool_(),
+    "channels_last": pa.bool_(),
+    "compile": pa.bool_(),
+    "ema_decay": pa.float64(),
+    "lr_schedule": pa.string(),
+    "joint_sr_weight": pa.float64(),
 }
 #: ``baseline_<metric>`` columns: MATLAB-bicubic upsampling of the row's test set, same protocol (the
 #: driver measures PSNR/SSIM only: LPIPS would need the backbone in the driver).

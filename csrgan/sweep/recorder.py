@@ -26,7 +26,7 @@ from csrgan.results.schema import BASELINE_METRICS, METRICS
 from csrgan.storage import SweepLayout
 from csrgan.train.checkpoint import step_dir_name
 from csrgan.train.context import CHECKPOINTS_DIR
-from csrgan.train.loop import FINAL_DIR
+from csrgan.train.loop import FINAL_DIR, SETTING_PREFIX
 
 #: The columns that lead from a row to the files behind it (paths relative to the storage root).
 ARTEFACT_COLUMNS = ("run_dir", "checkpoint", "grid")
@@ -136,6 +136,9 @@ class TrialRecorder:
         for key in ("protocol", "weights"):
             if isinstance(metrics.get(key), str):
                 self.static[key] = metrics[key]
+        for key, value in metrics.items():  # the run's settings (TrainLoop.settings): one column each
+            if key.startswith(SETTING_PREFIX):
+                self.static[key.removeprefix(SETTING_PREFIX)] = value
         if metrics.get("diverged"):
             self.status = "diverged"
         if not per_set:

@@ -67,6 +67,8 @@ def pretrain_key(cfg: ExperimentConfig) -> str:
             "mix_prob": cfg.sr.mix_prob,
             "generator": cfg.sr.generator.model_dump(mode="json"),
             "pretrain": cfg.sr.pretrain.model_dump(mode="json"),
+            "ema": cfg.sr.ema and cfg.sr.ema.model_dump(mode="json"),  # the exported G is the EMA
+            "joint": cfg.sr.joint.model_dump(mode="json") if cfg.sr.joint_in("pretrain") else None,
             "batch_size": cfg.sr.batch_size,
             "patch_size": cfg.sr.patch_size,
             "workers": cfg.resources.workers,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -63,6 +63,15 @@ TestSetOpt = Annotated[
 PhaseOpt = Annotated[
     str | None, typer.Option("--phase", help="phase to summarise; needed when the results hold several")
 ]
+ObjectiveOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--objective",
+        metavar="SET/METRIC[:max|min]",
+        help="an objective of the Pareto front, e.g. unknown/psnr or unknown/lpips:min (repeatable; default: "
+        "the sweep's search.metric list; goal default: the metric's own direction)",
+    ),
+]
 
 
 def _run(fn: Callable[[], T]) -> T:
@@ -91,15 +100,56 @@ def summary(
     ] = Fmt.markdown,
     test_set: TestSetOpt = None,
     phase: PhaseOpt = None,
+    objective: ObjectiveOpt = None,
+    pareto: Annotated[
+        bool | None,
+        typer.Option(
+            "--pareto/--no-pareto",
+            help="add the Pareto front of the objectives (default: on for a multi-objective sweep or with "
+            "--objective); with --format csv|json the front's table replaces the ablation table",
+        ),
+    ] = None,
 ) -> None:
-    """Mean ± std over seeds per parameter value and test set; diverged/error trials counted apart."""
+    """Mean ± std over seeds per parameter value and test set; diverged/error trials counted apart.
+
+    For a multi-objective sweep (search.metric a list), or with --objective, the Pareto front follows:
+    every configuration's objectives at the final step (mean ± std over seeds), whether it is on the
+    front, how many configurations dominate it and by how many seed stds (docs/results.md, "Pareto front").
+    """
 
     def go() -> str:
         df = results.read_results(directory)
+        objs = _objectives(directory, objective, pareto)
+        front = None
+        if objs:
+            from csrgan.results.pareto import format_pareto, pareto_table
+
+            front = format_pareto(pareto_table(df, objs, by, phase), fmt.value, title=Path(directory).name)
+            if fmt is not Fmt.markdown:
+                return front
         table = results.summarize(df, by, _metrics(metric), which.value, test_set or None, phase)
-        return results.format_summary(table, fmt.value)
+        text = results.format_summary(table, fmt.value)
+        return text + ("\n" + front if front else "")
 
     typer.echo(_run(go), nl=False)
+
+
+def _objectives(directory: str, objective: list[str] | None, pareto: bool | None) -> list[Any]:
+    """The Pareto front's objectives: ``--objective``, else the sweep's (its ``_sweep.json``) when it has
+    several or ``--pareto`` asks; [] for no front."""
+    from csrgan.results.pareto import Objective, sweep_objectives
+
+    if pareto is False:
+        return []
+    if objective:
+        return [Objective.parse(o) for o in objective]
+    objs = sweep_objectives(directory)
+    if pareto and len(objs) < 2:
+        raise results.ResultsError(
+            f"--pareto: {directory} has {'one search metric' if objs else 'no sweep config (_sweep.json)'}; "
+            "name two or more objectives with --objective SET/METRIC[:max|min]"
+        )
+    return objs if len(objs) > 1 else []
 
 
 @app.command()
@@ -116,15 +166,37 @@ def plot(
     which: WhichOpt = Which.final,
     test_set: TestSetOpt = None,
     phase: PhaseOpt = None,
+    pareto: Annotated[
+        bool,
+        typer.Option(
+            "--pareto",
+            help="plot objective 1 against objective 2 instead: every configuration (--by) with error bars, "
+            "the Pareto front connected (two objectives: the sweep's, or --objective twice)",
+        ),
+    ] = False,
+    objective: ObjectiveOpt = None,
 ) -> None:
     """Metric vs parameter, one subplot per metric, one line per test set, error bars = std over seeds."""
     if out.suffix.lower() != ".png":
         typer.echo(f"error: --out must be a .png file, got {out}", err=True)
         raise typer.Exit(1)
+    if not pareto and objective:
+        typer.echo("error: --objective sets the axes of the Pareto plot: add --pareto", err=True)
+        raise typer.Exit(1)
+    if pareto and (metric or test_set or which is not Which.final):
+        typer.echo(
+            "error: with --pareto the axes are the objectives (--objective SET/METRIC) at the final step; "
+            "--metric, --test-set and --which do not apply",
+            err=True,
+        )
+        raise typer.Exit(1)
 
     def go() -> Path:
-        from csrgan.results.plot import configurations
+        from csrgan.results.plot import configurations, plot_pareto
 
+        if pareto:
+            objs = _objectives(directory, objective, True)
+            return plot_pareto(results.read_results(directory), objs, by, out, phase)
         df, x = configurations(results.read_results(directory), by)
         return results.plot(df, x, out, _metrics(metric), which.value, test_set or None, phase)
 

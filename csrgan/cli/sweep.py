@@ -174,12 +174,15 @@ def _print_plan(cfg) -> None:  # noqa: ANN001
 
     trials = plan_trials(cfg)
     s = cfg.search
+    metric = ", ".join(f"{m.goal} {m.name}" for m in s.targets) if s else "-"
     typer.echo(
-        f"sweep {cfg.name}: method {s.method if s else 'single run'}, metric {s.metric.name if s else '-'}"
+        f"sweep {cfg.name}: method {s.method if s else 'single run'}, "
+        f"{'objectives' if s and s.multi_objective else 'metric'} {metric}"
     )
     if s is not None and s.method == "optuna":
+        sampler = "NSGA-II" if s.sampler == "nsga2" else "TPE"
         typer.echo(
-            f"  {s.num_samples} Optuna TPE trial(s) over {', '.join(s.parameters)} (seed {s.seeds[0]})"
+            f"  {s.num_samples} Optuna {sampler} trial(s) over {', '.join(s.parameters)} (seed {s.seeds[0]})"
         )
     for t in trials:
         typer.echo(f"  {t.label()}")
@@ -199,4 +202,19 @@ def _print_summary(cfg, results_dir: Path, baseline: dict[str, float] | None = N
         return
     for phase in [p for p in ("pretrain", "gan") if p in set(df["phase"])]:
         _print_phase_table(cfg, df, by, phase, baseline or {})
+    if cfg.search.multi_objective and "gan" in set(df["phase"]):
+        _print_pareto(cfg, df, by)
     sys.stdout.flush()
+
+
+def _print_pareto(cfg, df, by: list[str]) -> None:  # noqa: ANN001
+    """The Pareto front of the GAN phase's final evaluations (:mod:`csrgan.results.pareto`)."""
+    from csrgan.results import ResultsError
+    from csrgan.results.pareto import format_pareto, pareto_table
+
+    try:
+        table = pareto_table(df, cfg.search.targets, by, phase="gan")
+    except ResultsError as exc:  # e.g. every trial diverged: the tables above already say so
+        typer.echo(f"\nno Pareto front: {exc}", err=True)
+        return
+    typer.echo("\n" + format_pareto(table, "markdown", title=cfg.name))

@@ -106,3 +106,63 @@ def figure(
     )
     fig.suptitle(f"phase {summary.attrs['phase']}; mean ± std over seeds; {label} {ns}", fontsize="small")
     return fig
+
+
+def pareto_figure(
+    df: pd.DataFrame, objectives: Sequence[Any], by: Sequence[str], phase: str | None = None
+) -> Any:
+    """Objective 1 (x) against objective 2 (y): every configuration at its mean over seeds with error bars
+    = std over seeds, the Pareto front (:func:`csrgan.results.pareto.pareto_table`) highlighted and
+    connected in order of objective 1. Needs exactly two objectives."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from csrgan.results.notes import arm_label
+    from csrgan.results.pareto import FRONT_COLUMN, Objective, pareto_table
+    from csrgan.results.schema import ResultsError
+
+    objs = [Objective.of(o) for o in objectives]
+    if len(objs) != 2:
+        raise ResultsError(
+            f"the Pareto plot draws objective 1 against objective 2: it needs exactly two objectives, got "
+            f"{len(objs)} ({', '.join(o.name for o in objs) or 'none'}); name two with --objective"
+        )
+    table = pareto_table(df, objs, by, phase)
+    (ox, oy), front = objs, table[FRONT_COLUMN].to_numpy(bool)
+    x, y = (table[f"{o.name} mean"].to_numpy(float) for o in objs)
+    xerr, yerr = (np.nan_to_num(table[f"{o.name} std"].to_numpy(float), nan=0.0) for o in objs)
+    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for mask, style in ((~front, {"color": "0.55", "label": "dominated"}), (front, {"color": "C3"})):
+        ax.errorbar(x[mask], y[mask], xerr=xerr[mask], yerr=yerr[mask], fmt="o", capsize=3, **style)
+    order = np.argsort(x[front])
+    ax.plot(x[front][order], y[front][order], "-", color="C3", label="Pareto front")
+    if len(table) <= 12:  # one label per point; configurations with equal means share it
+        labels: dict[tuple[float, float], list[str]] = {}
+        for i, r in table.iterrows():
+            labels.setdefault((x[i], y[i]), []).append(arm_label(r, table.attrs["by"]))
+        for xy, names in labels.items():
+            ax.annotate("; ".join(names), xy, fontsize="x-small", xytext=(4, 4), textcoords="offset points")
+    for set_label, o in ((ax.set_xlabel, ox), (ax.set_ylabel, oy)):
+        set_label(f"{o.name} ({'higher' if o.goal == 'maximize' else 'lower'} is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    left = f"; {table.attrs['n_excluded']} left out (no value)" if table.attrs["n_excluded"] else ""
+    fig.suptitle(
+        f"phase {table.attrs['phase']}, final step; mean ± std over seeds; {int(front.sum())} of "
+        f"{len(table)} configurations on the front{left}",
+        fontsize="small",
+    )
+    return fig
+
+
+def plot_pareto(
+    df: pd.DataFrame, objectives: Sequence[Any], by: Sequence[str], out: str | Path, phase: str | None = None
+) -> Path:
+    """Write :func:`pareto_figure` as a PNG."""
+    fig = pareto_figure(df, objectives, by, phase)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", dpi=120)
+    return out

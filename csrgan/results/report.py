@@ -4,6 +4,8 @@ Sections, each from the library that computes it elsewhere, so the page and the 
 
 * **ablation tables** per phase (pre-training, GAN) exactly as ``csrgan sweep`` prints them at the end
   (:func:`csrgan.results.report_data.phase_table`), with a bicubic baseline row;
+* **Pareto front** of a multi-objective sweep (:mod:`csrgan.results.pareto`), as ``csrgan sweep`` prints
+  it, and with two objectives its plot (:func:`csrgan.results.plot.pareto_figure`);
 * **plots**: :func:`csrgan.results.plot` (metric vs parameter, or vs configuration for arms);
 * **crops**: bicubic | each arm's final model | HR on every test image, PSNR per crop
   (:mod:`csrgan.results.report_crops`: which trial represents an arm and why);
@@ -65,6 +67,7 @@ table{border-collapse:collapse;margin:.6em 0} th,td{border:1px solid #ccc;paddin
 td{text-align:right;font-variant-numeric:tabular-nums} td:first-child,th{text-align:left}
 tr.baseline td{background:#f3f3f3;font-style:italic} tr.reference td{background:#eef5ff}
 tr.oracle td{background:#fff4e0} .note{color:#444} code,pre{background:#f6f6f6}
+table.pareto tr.front td{background:#fdecea;font-weight:600}
 pre{padding:.6em;overflow:auto;max-height:40em} figure{display:inline-block;margin:4px;vertical-align:top}
 figcaption{font-size:12px;text-align:center;max-width:220px} .crops img{width:192px;image-rendering:pixelated}
 .grid img{image-rendering:pixelated;max-width:100%} .plot img{max-width:100%}
@@ -149,6 +152,49 @@ def _tables_section(sweep: Sweep, tables: Sequence[PhaseTable]) -> str:
     if sweep.baseline:
         parts.append(f'<p class="note baseline-line">{_e(baseline_line(sweep.baseline))}</p>')
     return "".join(parts) + "</section>"
+
+
+# ---------------------------------------------------------------------------------------- pareto
+def _pareto_section(sweep: Sweep) -> str:
+    """A multi-objective sweep's Pareto front (:mod:`csrgan.results.pareto`), as ``csrgan sweep`` and
+    ``csrgan results summary`` print it, and with two objectives its plot; "" for one objective."""
+    from csrgan.results.pareto import FRONT_COLUMN, format_pareto, objectives_of_config, pareto_table
+
+    objs = objectives_of_config(sweep.config)
+    if len(objs) < 2 or "gan" not in set(sweep.df["phase"]):
+        return ""
+    by = [b for b in sweep.search.by if PARAM_PREFIX + b in sweep.df.columns]
+    head = '<section id="pareto"><h2>Pareto front</h2>'
+    try:
+        table = pareto_table(sweep.df, objs, by, phase="gan")
+    except ResultsError as exc:
+        return f'{head}<p class="err">no Pareto front: {_e(exc)}</p></section>'
+    markdown = format_pareto(table, "markdown", title=sweep.name)
+    header, body = markdown_cells(markdown)
+    rows = "".join(
+        f'<tr class="arm{" front" if on else ""}">' + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>"
+        for cells, on in zip(body, table[FRONT_COLUMN], strict=True)
+    )
+    first = markdown.splitlines()[0]
+    parts = [head, f"<p>{_e(first)}</p>", '<table class="pareto"><thead><tr>']
+    parts += [f"<th>{_e(h)}</th>" for h in header] + [f"</tr></thead><tbody>{rows}</tbody></table>"]
+    reading = markdown.split("Reading this front:\n", 1)[-1].splitlines()
+    parts.append('<ul class="reading">' + "".join(f"<li>{_e(r.strip())}</li>" for r in reading) + "</ul>")
+    if len(objs) == 2:
+        parts.append(_pareto_plot(sweep.df, objs, by))
+    return "".join(parts) + "</section>"
+
+
+def _pareto_plot(df: pd.DataFrame, objs: Sequence[Any], by: list[str]) -> str:
+    """The Pareto plot (:func:`csrgan.results.plot.pareto_figure`) as an embedded figure."""
+    import io
+
+    from csrgan.results.plot import pareto_figure
+
+    buf = io.BytesIO()
+    pareto_figure(df, objs, by, phase="gan").savefig(buf, format="png", dpi=120)
+    cap = f"{objs[0].name} against {objs[1].name}: every configuration, the front connected"
+    return f'<figure class="plot">{_img(buf.getvalue(), cap)}<figcaption>{_e(cap)}</figcaption></figure>'
 
 
 # ----------------------------------------------------------------------------------------- plots
@@ -455,6 +501,7 @@ def render_report(sweep: Sweep, device: str = "cpu", crop: int = DEFAULT_CROP) -
         f"<h1>csrgan report: {_e(sweep.name)}</h1>",
         f"<p>{df['trial_id'].nunique()} trials, made {_e(made)}. {nav}</p>",
         _tables_section(sweep, tables),
+        _pareto_section(sweep),
         _plots_section(_plots(sweep, phases)),
         _crops_section(sweep, arms, sets, pick, load_errors, len(all_arms)),
         _degradation_section(stages, lr_sources(sweep)),

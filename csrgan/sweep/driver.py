@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from csrgan.config import ExperimentConfig, with_params
+from csrgan.config import ExperimentConfig, SearchConfig, with_params
 from csrgan.preflight import preflight
 from csrgan.storage import StorageError, SweepLayout
 from csrgan.sweep.recorder import git_commit
@@ -68,12 +68,17 @@ class SweepPlan:
 
     @property
     def metric(self) -> tuple[str, str]:
-        """(metric name, ``max`` | ``min``) for Tune."""
+        """(metric name, ``max`` | ``min``) for Tune: the first objective, the one "best" means."""
+        return self.objectives[0]
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """Every objective as (metric name, ``max`` | ``min``); one unless ``search.metric`` is a list."""
         s = self.cfg.search
         if s is None:
             first = self.cfg.data.test_sets[0].name if self.cfg.data.test_sets else "unknown"
-            return f"{first}/psnr", "max"
-        return s.metric.name, "max" if s.metric.goal == "maximize" else "min"
+            return [(f"{first}/psnr", "max")]
+        return [(m.name, "max" if m.goal == "maximize" else "min") for m in s.targets]
 
     @property
     def n_trials(self) -> int:
@@ -265,6 +270,8 @@ def _run_planned(
     say = view.event
     path = log_path(plan.layout.results)
     say(f"csrgan sweep {plan.cfg.name}: {plan.n_trials} trial(s); results -> {plan.layout.results}")
+    if len(plan.objectives) > 1:
+        say(_objectives_line(plan))
     try:
         with capture_ray_output(path, warn=say) as ray_out:
             say(f"log: Ray's and Tune's messages and every trial's output -> {path}")
@@ -420,18 +427,49 @@ def _param_space(plan: SweepPlan) -> dict[str, Any]:
     return {"trial": tune.grid_search([{"params": t.params, "seed": t.seed} for t in plan.trials])}
 
 
+def _objectives_line(plan: SweepPlan) -> str:
+    """The sweep-start line of a multi-objective sweep: its objectives, and what does not apply."""
+    s = plan.cfg.search
+    assert s is not None
+    goals = ", ".join(f"{m.goal} {m.name}" for m in s.targets)
+    how = (
+        f"Optuna {'NSGA-II' if s.sampler == 'nsga2' else 'multi-objective TPE'}"
+        if s.method == "optuna"
+        else f"{s.method}: every configuration runs"
+    )
+    return (
+        f"objectives: {goals} ({how}; the summary reports the Pareto front; the live view's 'best' is the "
+        "first); no scheduler or pruning applies to several objectives"
+    )
+
+
+def _sampler(s: SearchConfig) -> Any:
+    """``search.sampler``: TPE (one or several objectives) or NSGA-II (several), seeded."""
+    import optuna
+
+    if s.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.sampler_seed)
+    return optuna.samplers.TPESampler(seed=s.sampler_seed)
+
+
 def _search_alg(plan: SweepPlan) -> Any:
+    """Optuna through Tune. Several objectives: ``metric``/``mode`` are lists (the study gets one
+    direction each); Tune's own ``TuneConfig`` metric stays the first objective. Every report carries
+    the last evaluation of every test set (:class:`csrgan.sweep.recorder.TrialReporter`), so a trial's
+    final result holds all objectives; one that diverged before its first evaluation holds none, and
+    Optuna records it as failed."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     s = plan.cfg.search
     assert s is not None
-    metric, mode = plan.metric
+    names, modes = (list(x) for x in zip(*plan.objectives, strict=True))
+    several = len(names) > 1
     return OptunaSearch(
         space=optuna_space(s),
-        metric=metric,
-        mode=mode,
-        sampler=optuna.samplers.TPESampler(seed=s.sampler_seed),
+        metric=names if several else names[0],
+        mode=modes if several else modes[0],
+        sampler=_sampler(s),
         study_name=plan.cfg.name,
         storage=optuna.storages.RDBStorage(plan.layout.optuna_url),
     )

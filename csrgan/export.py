@@ -148,25 +148,26 @@ def load_export_source(checkpoint: str | Path, ema: bool = True) -> ExportSource
     state_file = _state_file(path)
     state = _read_state(state_file) if state_file is not None else {}
     export = state.get("export") if isinstance(state.get("export"), Mapping) else {}
-    net = str(export.get("net", "G"))
+    net = str(export.get("net", "G"))  # what generator.pt holds: "G_ema" for an SR stage with sr.ema
     nets = state.get("nets") if isinstance(state.get("nets"), Mapping) else {}
-    ema_state = nets.get(net + EMA_SUFFIX)
+    raw_net = net.removesuffix(EMA_SUFFIX)
+    ema_net = raw_net + EMA_SUFFIX
+    want = ema_net if ema and ema_net in nets else raw_net if not ema and raw_net in nets else net
     from_file = path.name == GENERATOR_FILE or (path.is_dir() and (path / GENERATOR_FILE).is_file())
-    entry = GENERATOR_FILE if from_file else f"nets/{net}"
-    if ema and ema_state is not None:
+    entry = GENERATOR_FILE if from_file and want == net else f"nets/{want}"
+    if want != net:
         try:
-            model.load_state_dict(ema_state, strict=True)
+            model.load_state_dict(nets[want], strict=True)
         except (RuntimeError, TypeError, AttributeError) as exc:
             raise ExportInputError(
-                f"{state_file}: nets[{net + EMA_SUFFIX!r}] does not fit the generator spec {spec}: {exc}"
+                f"{state_file}: nets[{want!r}] does not fit the generator spec {spec}: {exc}"
             ) from None
-        entry = f"nets/{net}{EMA_SUFFIX}"
     stage = state.get("stage", spec.meta.get("stage"))
     step = state.get("step", spec.meta.get("step"))
     return ExportSource(
         model=model.eval().requires_grad_(False),
         spec=spec,
-        used_ema=entry.endswith(EMA_SUFFIX),
+        used_ema=want == ema_net,
         weights_entry=entry,
         stage=None if stage is None else str(stage),
         step=None if step is None else int(step),

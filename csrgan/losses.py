@@ -6,7 +6,9 @@ Two registries (:mod:`csrgan.registry`) map the names a YAML config uses to cons
   (:class:`VGGContentLoss`, SRGAN's perceptual loss ``l_VGG/i,j``, Ledig et al. 2017, Eq. 5). A loss
   is called ``loss(sr, hr)``.
 * ``GAN_LOSSES`` (``sr.gan.gan_mode``): ``vanilla`` and ``lsgan``, both a :class:`GANLoss` on
-  discriminator logits, called ``loss(logits, target_is_real)``.
+  discriminator logits, called ``loss(logits, target_is_real)``; and ``ragan``
+  (:class:`RelativisticAverageGANLoss`, ESRGAN's), which compares real and fake logits and so has another
+  interface: ``relativistic = True``, ``generator(real, fake)`` and ``discriminator(real, fake)``.
 
 CycleGAN's cycle-consistency and identity terms are :func:`cycle_loss` and :func:`identity_loss`.
 
@@ -33,6 +35,7 @@ __all__ = [
     "VGG19_LAYERS",
     "GANLoss",
     "ImagePool",
+    "RelativisticAverageGANLoss",
     "VGGContentLoss",
     "cycle_loss",
     "identity_loss",
@@ -202,6 +205,70 @@ def vanilla_gan_loss() -> GANLoss:
 def lsgan_loss() -> GANLoss:
     """Least squares (Mao et al. 2017; the CycleGAN default)."""
     return GANLoss("lsgan")
+
+
+class RelativisticAverageGANLoss(nn.Module):
+    """Relativistic average GAN loss (Jolicoeur-Martineau 2018), as ESRGAN (Wang et al. 2018, Eq. 1-2) uses.
+
+    ``D_Ra(x_r, x_f) = σ(C(x_r) - E_batch[C(x_f)])`` on raw discriminator logits ``C``: "how much more
+    realistic than the average fake is this real image" (and the converse ``D_Ra(x_f, x_r)``). The mean
+    is over every element of the other side's logits (the batch; a PatchGAN map's positions too).
+
+    * discriminator: ``L_D = -E[log D_Ra(x_r, x_f)] - E[log(1 - D_Ra(x_f, x_r))]``,
+    * generator:     ``L_G = -E[log(1 - D_Ra(x_r, x_f))] - E[log D_Ra(x_f, x_r)]``,
+
+    each computed as binary cross-entropy with logits and, as in BasicSR's ``esrgan_model.py``,
+    **halved**: the two terms are averaged, ``l_g = (BCE(C_r - mean C_f, 0) + BCE(C_f - mean C_r, 1)) / 2``
+    and ``l_d = (BCE(C_r - mean C_f, 1) + BCE(C_f - mean C_r, 0)) / 2``, i.e. ``L / 2``. With Adam the
+    factor barely matters for D; for G it is part of what ``adv_weight`` means (ESRGAN's 5e-3 is BasicSR's
+    weight of this halved loss).
+
+    Which side carries gradients (BasicSR): for G the real logits are a target (detached here), and the
+    gradient reaches G through both terms (through ``mean C_f`` and ``C_f``). For D each term detaches the
+    other side's mean, so :meth:`discriminator_real` and :meth:`discriminator_fake` can be backpropagated
+    separately, each right after its own forward (every DDP forward then has its backward; BasicSR does it
+    to avoid in-place errors in distributed BatchNorm), and :meth:`discriminator` is their sum.
+
+    Not callable as ``loss(logits, target_is_real)``: the trainer branches on :attr:`relativistic`.
+    """
+
+    relativistic = True
+
+    @staticmethod
+    def _bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
+        target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise TypeError(
+            "RelativisticAverageGANLoss (gan_mode ragan) compares real and fake logits: call "
+            ".generator(real_logits, fake_logits) or .discriminator(real_logits, fake_logits)"
+        )
+
+    def generator(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        """``L_G / 2``; ``real_logits`` = C(HR) (detached here), ``fake_logits`` = C(G(LR)) with its graph."""
+        real = real_logits.detach()
+        return (self._bce(real - fake_logits.mean(), False) + self._bce(fake_logits - real.mean(), True)) / 2
+
+    def discriminator_real(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        """The real half of ``L_D / 2``: ``BCE(C_r - mean C_f, 1) / 2``, ``C_f`` detached."""
+        return self._bce(real_logits - fake_logits.detach().mean(), True) / 2
+
+    def discriminator_fake(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        """The fake half of ``L_D / 2``: ``BCE(C_f - mean C_r, 0) / 2``, ``C_r`` detached."""
+        return self._bce(fake_logits - real_logits.detach().mean(), False) / 2
+
+    def discriminator(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        """``L_D / 2`` = :meth:`discriminator_real` + :meth:`discriminator_fake` (gradients included)."""
+        return self.discriminator_real(real_logits, fake_logits) + self.discriminator_fake(
+            real_logits, fake_logits
+        )
+
+
+@GAN_LOSSES.register("ragan")
+def ragan_loss() -> RelativisticAverageGANLoss:
+    """Relativistic average GAN (Jolicoeur-Martineau 2018; ESRGAN, Wang et al. 2018)."""
+    return RelativisticAverageGANLoss()
 
 
 def cycle_loss(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ from csrgan.train.keys import cyclegan_key, gan_key, pretrain_key
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
-SHIPPED = ("quickstart.yaml", "mix_prob.yaml", "loss_weights.yaml")
+SHIPPED = ("quickstart.yaml", "mix_prob.yaml", "loss_weights.yaml", "esrgan_mix_prob.yaml")
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@
   the statistics toward the real LR; a poor stage is refused everywhere (library, sweep plan, CLI)
   unless ``cyclegan.accept_poor``.
 * ``p = 0`` and the other LR sources (``pipeline``, ``paired``) never build ``G`` nor read a cache.
-* The GAN phase has an optional step schedule (``sr.gan.lr_milestones``).
+* The GAN phase's learning-rate schedule is data (``sr.gan.schedule``).
 
 Tiny everything: 4 HR images (not multiples of 4, so modcrop matters), 8 px LR patches, 4-channel nets.
 """
@@ -646,7 +646,7 @@ def test_pipeline_training_resumes_exactly_in_a_fresh_process(tmp_path: Path) ->
 def test_gan_lr_milestones_step_the_learning_rate(data: dict[str, Path], tmp_path: Path) -> None:
     from test_train_resume import CrashAfterCheckpoint, _assert_identical, _Crash
 
-    gan = {"iters": 6, "lr": 1e-3, "lr_milestones": [3], "lr_gamma": 0.1}
+    gan = {"iters": 6, "lr": 1e-3, "schedule": {"type": "multistep", "milestones": [3], "gamma": 0.1}}
     cfg = make_cfg(data, sr={"mix_prob": 0.0, "gan": gan, "eval_every": 1, "checkpoint_every": 2})
     ctx = LocalContext(tmp_path / "straight", keep_checkpoints=10)
     train_sr(cfg, ctx, "gan")
@@ -667,9 +667,11 @@ def test_gan_lr_milestones_step_the_learning_rate(data: dict[str, Path], tmp_pat
     a, b = load_state(tmp_path / "straight" / "final"), load_state(tmp_path / "resumed" / "final")
     for key in ("nets", "optimizers", "schedulers"):
         _assert_identical(a[key], b[key], key)
-    # no milestones: a constant rate, nothing scheduled
+    assert {r["setting/lr_schedule"] for r in ctx.reports} == {"multistep(gamma=0.1, milestones=[3])"}
+    # no schedule: the constant one (a scheduler all the same), its rate reported every window
     plain = make_cfg(data, sr={"mix_prob": 0.0, "gan": {"iters": 2}, "eval_every": 1})
     ctx = LocalContext(tmp_path / "plain")
     train_sr(plain, ctx, "gan")
-    assert all("lr" not in r for r in ctx.reports)
-    assert load_state(tmp_path / "plain" / "final")["schedulers"] == {}
+    assert [r["lr"] for r in ctx.reports] == [1e-4, 1e-4]  # sr.gan.lr's default
+    assert {r["setting/lr_schedule"] for r in ctx.reports} == {"constant()"}
+    assert set(load_state(tmp_path / "plain" / "final")["schedulers"]) == {"G", "D"}

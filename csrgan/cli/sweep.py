@@ -174,7 +174,9 @@ def _print_plan(cfg) -> None:  # noqa: ANN001
 
     trials = plan_trials(cfg)
     s = cfg.search
-    metric = ", ".join(f"{m.goal} {m.name}" for m in s.targets) if s else "-"
+    metric = "-" if s is None else s.metric.name  # several: "maximize a, minimize b", as the sweep says
+    if s is not None and s.multi_objective:
+        metric = ", ".join(f"{m.goal} {m.name}" for m in s.targets)
     typer.echo(
         f"sweep {cfg.name}: method {s.method if s else 'single run'}, "
         f"{'objectives' if s and s.multi_objective else 'metric'} {metric}"

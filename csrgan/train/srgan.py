@@ -1,16 +1,20 @@
-"""The SR trainer (CSR-GAN stage 2): SRResNet pre-training and SRGAN, on the shared loop skeleton.
+"""The SR trainer (CSR-GAN stage 2): pixel-loss pre-training and the GAN phase, on the shared loop skeleton.
 
-:func:`train_sr` runs one phase of Ledig et al. 2017 on the trainer's context (Ray Train worker, or a
-single process with :class:`csrgan.train.context.LocalContext`); :class:`csrgan.train.loop.TrainLoop`
-owns cadence, checkpoints, resume, divergence and DDP bookkeeping, so this module holds only SR:
+:func:`train_sr` runs one phase of Ledig et al. 2017 (SRGAN) or, by configuration, Wang et al. 2018
+(ESRGAN: experiments/esrgan_mix_prob.yaml) on the trainer's context (Ray Train worker, or a single
+process with :class:`csrgan.train.context.LocalContext`); :class:`csrgan.train.loop.TrainLoop` owns
+cadence, checkpoints, resume, divergence and DDP bookkeeping, so this module holds only SR:
 
-* ``"pretrain"`` (stage A, "SRResNet"): generator only, pixel loss (``sr.pretrain.loss``), Adam.
-* ``"gan"`` (stage B, "SRGAN"): generator (from ``init_from``, the pretrain artefact) + discriminator;
-  ``L_G = content.weight * content + adv_weight * adversarial + pixel_weight * MSE`` and the
-  discriminator's ``-log D(HR) - log(1 - D(SR))`` (``sr.gan.gan_mode``), Adam with ``sr.gan.lr``.
+* ``"pretrain"`` (stage A, "SRResNet" / ESRGAN's PSNR-oriented RRDBNet): generator only, pixel loss
+  (``sr.pretrain.loss``), Adam.
+* ``"gan"`` (stage B): generator (from ``init_from``, the pretrain artefact) + discriminator;
+  ``L_G = content.weight * content + adv_weight * adversarial + pixel_weight * pixel`` (``pixel``:
+  ``sr.gan.pixel_loss``) and the discriminator's loss (``sr.gan.gan_mode``): ``-log D(HR) - log(1 -
+  D(SR))`` for ``vanilla`` (SRGAN), or ESRGAN's relativistic average loss for ``ragan``
+  (:class:`csrgan.losses.RelativisticAverageGANLoss`); Adam with ``sr.gan.lr``.
 
-Networks and losses are built by name (``sr.generator``, ``sr.discriminator``, ``sr.pretrain.loss``,
-``sr.gan.content``; :mod:`csrgan.registry`).
+Networks, losses and schedules are built by name (``sr.generator``, ``sr.discriminator``,
+``sr.pretrain.loss``, ``sr.gan.content``, ``sr.gan.pixel_loss``, ``sr.*.schedule``; :mod:`csrgan.registry`).
 
 Training LR (both phases): MATLAB bicubic of the HR patch, replaced per sample with probability
 ``sr.mix_prob`` (the report's *p*) by the LR of ``sr.lr_source`` at the same position
@@ -20,8 +24,14 @@ synthetic degradation to the HR patch on the fly (seeded per sample), ``paired``
 ``data.train_lr``. ``p = 1`` with ``cyclegan`` is CSR-GAN, ``p = 0`` plain SRGAN.
 
 Batches: ``sr.batch_size`` is **per worker** (Ray Train convention; the global batch is
-``batch_size * workers``). Learning rates are constant, except the GAN phase's optional step schedule
-(``sr.gan.lr_milestones``).
+``batch_size * workers``). Learning rates follow each phase's ``schedule`` (:mod:`csrgan.train.schedules`:
+``constant`` by default, ``multistep``, ``cosine``), one scheduler per optimiser stepped once per
+iteration; every report carries ``lr`` (G's rate for the next update), every row the schedule
+(``lr_schedule``).
+
+EMA (``sr.ema``): ``nets["G_ema"]`` (:class:`csrgan.train.ema.ModelEMA`) follows G after every
+iteration; it is checkpointed with the other nets, evaluated, and exported as ``final/`` (so the GAN
+phase starts from the pre-training's EMA); the raw G stays in the checkpoint as ``nets["G"]``.
 
 Determinism and exact resume: networks (and an explicitly random VGG) are built right after the
 construction seed, identically on every rank; the data position is the step
@@ -43,7 +53,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from csrgan.config import ExperimentConfig
@@ -53,9 +62,11 @@ from csrgan.models.artifacts import GeneratorSpec, build_generator, load_with_sp
 from csrgan.registry import GAN_LOSSES, LOSSES, SR_DISCRIMINATORS
 from csrgan.train.context import TrainContext, unwrap
 from csrgan.train.degradation import lr_cache_dirs
+from csrgan.train.ema import ModelEMA
 from csrgan.train.keys import gan_key, pretrain_key
 from csrgan.train.loop import TrainLoop, evaluating, run_loop
 from csrgan.train.sampling import IterationSampler
+from csrgan.train.schedules import build_schedule, describe, lr_now
 
 __all__ = ["SRLoop", "SRStep", "generator_spec", "lr_source", "train_sr"]
 
@@ -80,6 +91,9 @@ class SRStep:
     frozen: those gradients are never used, and keeping D's DDP wrapper out of G's backward means no
     gradient all-reduce for D there. The discriminator update runs real and fake through the wrapper
     with one backward each (BasicSR's order), so every DDP forward is matched by its backward.
+    ``pixel_loss`` is the pretrain phase's loss and the GAN phase's pixel term; a ``gan_loss`` with
+    ``relativistic = True`` (``ragan``) is called as ``generator(real, fake)`` /
+    ``discriminator_real`` / ``discriminator_fake`` instead of ``loss(logits, target_is_real)``.
     Returns detached losses ``{name: 0-d tensor}`` (no host sync); the caller checks finiteness.
     """
 
@@ -128,39 +142,68 @@ class SRStep:
         return self._gan_step(lr, hr)
 
     def _gan_step(self, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, torch.Tensor]:
-        assert self.D is not None and self.opt_d is not None and self.content_loss is not None
-        assert self.gan_loss is not None
+        sr, fake_logits, g_losses = self._generator_update(lr, hr)
+        d_real, d_fake = self._discriminator_update(hr, sr, fake_logits)
+        return {**g_losses, "d_real": d_real.detach(), "d_fake": d_fake.detach()}
+
+    def _generator_update(
+        self, lr: torch.Tensor, hr: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Content + adversarial (+ pixel) step of G; returns ``G(lr)`` and ``C(G(lr))``, detached.
+
+        The adversarial term runs the unwrapped D, frozen. A relativistic loss also needs ``C(HR)``: a
+        target here (no graph, no gradient to D; BasicSR detaches it too)."""
+        assert self.D is not None and self.content_loss is not None and self.gan_loss is not None
         d_plain = unwrap(self.D)
-        # generator update: content + adversarial (+ pixel)
         d_plain.requires_grad_(False)
         with self._autocast(lr.device):
             sr = self.G(lr)
             sr32 = sr.float()
             content = self.content_loss(sr32, hr)
-            adv = self.gan_loss(d_plain(sr).float(), True)
-            pixel = F.mse_loss(sr32, hr) if self.pixel_weight > 0 else sr32.new_zeros(())
+            fake_logits = d_plain(sr).float()
+            if getattr(self.gan_loss, "relativistic", False):
+                with torch.no_grad():
+                    real_logits = d_plain(hr).float()
+                adv = self.gan_loss.generator(real_logits, fake_logits)
+            else:
+                adv = self.gan_loss(fake_logits, True)
+            pixel = self.pixel_loss(sr32, hr) if self.pixel_weight > 0 else sr32.new_zeros(())
             total = self.content_weight * content + self.adv_weight * adv + self.pixel_weight * pixel
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()
         self.opt_g.step()
-        # discriminator update: real -> 1, fake -> 0
         d_plain.requires_grad_(True)
+        losses = {"g_total": total, "content": content, "adv": adv, "pixel": pixel}
+        return sr.detach(), fake_logits.detach(), {k: v.detach() for k, v in losses.items()}
+
+    def _discriminator_update(
+        self, hr: torch.Tensor, sr: torch.Tensor, fake_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real, then fake, through D's wrapper with one backward each; returns the two loss terms.
+
+        Standard losses: real -> 1, fake -> 0. Relativistic (BasicSR's order): the real term uses the
+        detached mean of ``fake_logits`` (``C(G(lr))`` from the generator update: D has not changed
+        since, so these are BasicSR's ``net_d(output).detach()`` without another forward), the fake
+        term the detached mean of the real logits just computed."""
+        assert self.D is not None and self.opt_d is not None and self.gan_loss is not None
+        relativistic = getattr(self.gan_loss, "relativistic", False)
         self.opt_d.zero_grad(set_to_none=True)
-        with self._autocast(lr.device):
-            d_real = self.gan_loss(self.D(hr).float(), True)
+        with self._autocast(hr.device):
+            real_logits = self.D(hr).float()
+            if relativistic:
+                d_real = self.gan_loss.discriminator_real(real_logits, fake_logits)
+            else:
+                d_real = self.gan_loss(real_logits, True)
         d_real.backward()
-        with self._autocast(lr.device):
-            d_fake = self.gan_loss(self.D(sr.detach()).float(), False)
+        with self._autocast(hr.device):
+            fake_now = self.D(sr).float()
+            if relativistic:
+                d_fake = self.gan_loss.discriminator_fake(real_logits.detach(), fake_now)
+            else:
+                d_fake = self.gan_loss(fake_now, False)
         d_fake.backward()
         self.opt_d.step()
-        return {
-            "g_total": total.detach(),
-            "content": content.detach(),
-            "adv": adv.detach(),
-            "pixel": pixel.detach(),
-            "d_real": d_real.detach(),
-            "d_fake": d_fake.detach(),
-        }
+        return d_real, d_fake
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -189,15 +232,23 @@ def _check_phase(cfg: ExperimentConfig, phase: str, cyclegan_g: Path | None) -> 
             f"sr.mix_prob={p:g}, sr.lr_source={src!r} does not use the degradation stage, but one was given: "
             f"{cyclegan_g}"
         )
-    if phase == "gan" and cfg.sr.patch_size % 16:
+    d_type = cfg.sr.discriminator.type
+    if phase == "gan" and d_type == "srgan" and cfg.sr.patch_size % 16:
         raise ValueError(
             f"sr.patch_size ({cfg.sr.patch_size}) must be a multiple of 16 for the gan phase: the SRGAN "
             "discriminator has 4 stride-2 convs"
         )
+    if phase == "gan" and d_type == "vgg128" and cfg.sr.patch_size < 32:
+        raise ValueError(
+            f"sr.patch_size ({cfg.sr.patch_size}) must be >= 32 for sr.discriminator type vgg128: the ESRGAN "
+            "discriminator has 5 stride-2 convs"
+        )
 
 
 class SRLoop(TrainLoop):
-    """One SR phase as a :class:`TrainLoop`. ``nets``: ``G`` (exported), and ``D`` in the gan phase."""
+    """One SR phase as a :class:`TrainLoop`. ``nets``: ``G``, ``D`` in the gan phase, and ``G_ema`` with
+    ``sr.ema`` (a :class:`csrgan.train.ema.ModelEMA`); the exported and evaluated net is ``G_ema`` when
+    there is one, else ``G``. ``schedulers``: one per optimiser, from the phase's ``schedule``."""
 
     exported = "G"
 
@@ -225,6 +276,11 @@ class SRLoop(TrainLoop):
         self.nets["G"] = self.prepare(self._generator(init_from))
         self.content_loss: nn.Module | None = None
         self.step_fn = self._pretrain_step() if pretrain else self._gan_step()
+        self.ema: ModelEMA | None = None
+        if cfg.sr.ema is not None:  # a copy of the phase's initial G (after init_from): no RNG draw
+            self.ema = ModelEMA(unwrap(self.nets["G"]), cfg.sr.ema.decay)  # plain, on the device
+            self.nets["G_ema"] = self.ema
+            self.exported = "G_ema"
         self.dataset = _build_dataset(cfg, cyclegan_g)
         self.sampler = IterationSampler(
             len(self.dataset), cfg.sr.batch_size, cfg.seed, ctx.rank, ctx.world_size
@@ -234,7 +290,7 @@ class SRLoop(TrainLoop):
             from csrgan.evaluation import build_lpips
 
             self.lpips = build_lpips(cfg.eval, self.device)
-        self._n_g = self._n_samples = 0
+        self._n_g = self._n_samples = self._window_steps = 0
 
     def _generator(self, init_from: Path | None) -> nn.Module:
         spec = self.generator_spec()
@@ -254,10 +310,11 @@ class SRLoop(TrainLoop):
     def _pretrain_step(self) -> SRStep:
         p = self.cfg.sr.pretrain
         self.optimizers["G"] = torch.optim.Adam(self.nets["G"].parameters(), lr=p.lr, betas=(0.9, 0.999))
+        self.schedulers["G"] = build_schedule(p.schedule, self.optimizers["G"], p.iters)
         pixel = LOSSES.build_with(p.loss, {}, self._loss_context())
         return SRStep(
             "pretrain", self.nets["G"], self.optimizers["G"], pixel, amp_dtype=self.amp_dtype,
-            channels_last=self.cfg.resources.channels_last,
+            channels_last=self.memory_format == torch.channels_last,
         )  # fmt: skip
 
     def _gan_step(self) -> SRStep:
@@ -273,15 +330,13 @@ class SRLoop(TrainLoop):
             self.optimizers[name] = torch.optim.Adam(
                 self.nets[name].parameters(), lr=g.lr, betas=(0.9, 0.999)
             )
-            if g.lr_milestones:  # Ledig et al.: 1e-4, then 1e-5 (stepped once per iteration)
-                self.schedulers[name] = torch.optim.lr_scheduler.MultiStepLR(
-                    self.optimizers[name], milestones=list(g.lr_milestones), gamma=g.lr_gamma
-                )
+            self.schedulers[name] = build_schedule(g.schedule, self.optimizers[name], g.iters)
+        pixel = LOSSES.build_with(g.pixel_loss, {}, self._loss_context())
         return SRStep(
-            "gan", self.nets["G"], self.optimizers["G"], F.mse_loss, discriminator=self.nets["D"],
+            "gan", self.nets["G"], self.optimizers["G"], pixel, discriminator=self.nets["D"],
             opt_d=self.optimizers["D"], content_loss=content, gan_loss=GAN_LOSSES.build(g.gan_mode),
             content_weight=g.content.weight, adv_weight=g.adv_weight, pixel_weight=g.pixel_weight,
-            amp_dtype=self.amp_dtype, channels_last=cfg.resources.channels_last,
+            amp_dtype=self.amp_dtype, channels_last=self.memory_format == torch.channels_last,
         )  # fmt: skip
 
     def _loss_context(self) -> dict[str, Any]:
@@ -297,9 +352,16 @@ class SRLoop(TrainLoop):
         self._n_g += int(batch["alt"].sum())
         self._n_samples += int(batch["alt"].numel())
         losses = self.step_fn(lr, hr)
+        self.after_update()
+        return losses
+
+    def after_update(self) -> None:
+        """After each iteration's optimiser steps: every schedule advances once, the EMA follows G."""
         for sched in self.schedulers.values():
             sched.step()
-        return losses
+        if self.ema is not None:
+            self.ema.update(self.nets["G"])  # the unwrapped G's parameters: identical on every rank
+        self._window_steps += 1
 
     # ------------------------------------------------------------------------------ skeleton hooks
     def generator_spec(self) -> GeneratorSpec:
@@ -312,11 +374,24 @@ class SRLoop(TrainLoop):
         want = "lpips" in self.cfg.eval.metrics and bool(self.cfg.data.test_sets)
         return _weights_provenance(self.content_loss, self.lpips, want)
 
+    def settings(self) -> dict[str, Any]:
+        """The phase's learning-rate schedule (:func:`csrgan.train.schedules.describe`) and EMA decay."""
+        sr = self.cfg.sr
+        spec = sr.pretrain.schedule if self.stage == "pretrain" else sr.gan.schedule
+        ema = sr.ema.decay if sr.ema is not None else None
+        return {**super().settings(), "lr_schedule": describe(spec), "ema_decay": ema}
+
     def window_metrics(self) -> dict[str, Any]:
-        out = {"mix/g_fraction": self._n_g / self._n_samples} if self._n_samples else {}
-        if "G" in self.schedulers:
-            out["lr"] = self.schedulers["G"].get_last_lr()[0]
-        self._n_g = self._n_samples = 0
+        """``mix/g_fraction``, ``lr`` (G's rate for the next update) and, when the sampler measures it,
+        ``time/data_s`` (seconds per step spent waiting for batches)."""
+        out: dict[str, Any] = {"mix/g_fraction": self._n_g / self._n_samples} if self._n_samples else {}
+        out["lr"] = lr_now(self.schedulers["G"])
+        pop_wait = getattr(self.sampler, "pop_wait_s", None)
+        if pop_wait is not None:
+            waited = float(pop_wait())
+            if self._window_steps:
+                out["time/data_s"] = waited / self._window_steps
+        self._n_g = self._n_samples = self._window_steps = 0
         return out
 
     def evaluate(self) -> dict[str, float]:
@@ -331,7 +406,7 @@ class SRLoop(TrainLoop):
             params["lr_source"] = sr.lr_source
         params["seed"] = self.cfg.seed
         caption = run_caption(self.ctx.out_dir, self.stage, params)
-        with evaluating(self.nets["G"]) as g:
+        with evaluating(self.nets[self.exported]) as g:  # the EMA when there is one
             return evaluate_sr_model(
                 g,
                 self.cfg.data.test_sets,

@@ -313,13 +313,14 @@ def _check_schedule(schedule: ComponentSpec, iters: int, section: str) -> None:
         raise ValueError(f"{section}.schedule: milestones must be strictly increasing, got {milestones}")
     if milestones and iters and milestones[-1] >= iters:
         raise ValueError(
-            f"{section}.schedule: milestones {milestones} must be < iters ({iters}); a later one never applies"
+            f"{section}.schedule: milestones {milestones} must be < iters ({iters}); a later one never "
+            "applies"
         )
 
 
 _SCHEDULE_HELP = (
-    "{type: constant | multistep | cosine, ...} (csrgan.train.schedules); multistep: milestones (iterations), "
-    "gamma; cosine: eta_min"
+    "{type: constant | multistep | cosine, ...} (csrgan.train.schedules); multistep: milestones "
+    "(iterations), gamma; cosine: eta_min"
 )
 _MOVED_MILESTONES = (
     "use {section}.schedule: {{type: multistep, milestones: [...], gamma: 0.1}} (schedules are data now)"
@@ -525,7 +526,8 @@ class ResourcesConfig(Strict):
     max_concurrent_trials: PosInt | None = None
     amp: bool | Literal["auto"] = Field(
         default="auto",
-        description="bf16 autocast; auto: the faster setting of the worker's device (csrgan.train.efficiency)",
+        description="bf16 autocast; auto: the faster setting of the worker's device "
+        "(csrgan.train.efficiency)",
     )
     channels_last: bool | Literal["auto"] = Field(
         default="auto", description="channels_last memory format; auto: the faster setting of the device"
@@ -764,6 +766,11 @@ class ExperimentConfig(Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> ExperimentConfig:
         sr = self.sr
+        if sr.joint.enabled and self.cyclegan.learner != "frequency_separation":
+            raise ValueError(
+                "sr.joint.enabled is implemented for cyclegan.learner frequency_separation only; "
+                f"cyclegan.learner is {self.cyclegan.learner!r}"
+            )
         if sr.mix_prob > 0 and sr.lr_source == "paired" and self.data.train_lr is None:
             raise ValueError("sr.lr_source is 'paired' with sr.mix_prob > 0, but data.train_lr is not set")
         if sr.uses_degradation_stage() and self.data.real_lr is None and self.data.demo is None:

@@ -188,6 +188,12 @@ class _SeededPatches(Dataset):
 _TAG_MIX, _TAG_ALT = 0x4D4958, 0x414C54  # "MIX", "ALT"
 
 
+def mix_coin(seed: int, epoch: int, index: int, prob: float) -> bool:
+    """Whether sample ``index`` of ``epoch`` takes the alternative LR (probability ``prob``): the coin of
+    :class:`PairedPatchDataset`, public so that the joint trainer draws exactly the same ones."""
+    return bool(np.random.default_rng([seed, epoch, index, _TAG_MIX]).random() < prob)
+
+
 class AltLR(Protocol):
     """A second LR source for a paired patch (the report's "real-like" LR), used w.p. ``mix_prob``.
 
@@ -350,9 +356,7 @@ class PairedPatchDataset(_SeededPatches):
         s = self.scale
         lr_p = lr[top : top + lp, left : left + lp]
         hr_p = hr[top * s : (top + lp) * s, left * s : (left + lp) * s]
-        use_alt = bool(
-            np.random.default_rng([self.seed, self.epoch, index, _TAG_MIX]).random() < self.mix_prob
-        )
+        use_alt = mix_coin(self.seed, self.epoch, index, self.mix_prob)
         if use_alt:
             assert self.alt is not None
             alt_rng = np.random.default_rng([self.seed, self.epoch, index, _TAG_ALT])

@@ -5,6 +5,9 @@
 * :mod:`csrgan.train.degradation` — what both degradation learners share (data, fidelity and gate,
   the cached real-like LR); :mod:`csrgan.train.dsgan` (frequency separation) and
   :mod:`csrgan.train.cyclegan` (junyanz) on it; :mod:`csrgan.train.srgan` — the SR phases;
+  :mod:`csrgan.train.joint` — an SR phase that trains the degradation G with it (``sr.joint``);
+  :mod:`csrgan.train.ema` (the generator's EMA), :mod:`csrgan.train.schedules` (learning rates as data),
+  :mod:`csrgan.train.efficiency` (AMP, channels_last, torch.compile per device);
 * :mod:`csrgan.train.stages` (+ :mod:`~csrgan.train.keys`) — the stage table: loop, inputs, key;
 * :mod:`csrgan.train.launch` — ``launch(stage, cfg, out_dir, inputs, backend, reporter)`` with the
   in-process, Ray Train and Tune-trial back-ends; :mod:`csrgan.train.pipeline` — ``csrgan train``.

@@ -9,6 +9,10 @@ CSR-GAN is three stages, each a :class:`Stage`::
     gan       (SRGAN, content + adversarial loss)          the same, and pretrain's generator when it
                                                            trains
 
+An SR phase in ``sr.joint.phases`` (``cfg.sr.joint_in(phase)``) runs the joint loop
+(:mod:`csrgan.train.joint`: the degradation G keeps training with the SR network, starting from
+cyclegan's final/) instead of the two-stage one; its inputs are the same.
+
 A stage's **key** (:mod:`csrgan.train.keys`) hashes everything that changes its result and nothing
 else: the sweep shares a stage between every trial with the same key, and a checkpoint written under
 another key is refused on resume.
@@ -29,6 +33,7 @@ from csrgan.config import ExperimentConfig
 from csrgan.train.context import TrainContext
 from csrgan.train.cyclegan import train_cyclegan
 from csrgan.train.dsgan import train_dsgan
+from csrgan.train.joint import joint_problem, train_joint
 from csrgan.train.keys import cyclegan_key, gan_key, pretrain_key
 from csrgan.train.srgan import train_sr
 
@@ -53,9 +58,14 @@ class Stage:
     trains: Callable[[ExperimentConfig], bool]  # False: the config gives it no iterations
     role: Literal["degradation", "sr"]  # what its final/ generator is
     optional: tuple[str, ...] = ()  # inputs it may take beyond the needed ones
+    problem: Callable[[ExperimentConfig], str | None] = lambda cfg: None  # why the config can't run it
 
     def check_inputs(self, cfg: ExperimentConfig, given: Mapping[str, Any]) -> dict[str, Path]:
-        """``given`` must hold the inputs this config needs (as paths), and no others but ``optional``."""
+        """``given`` must hold the inputs this config needs (as paths), and no others but ``optional``;
+        and the stage must be able to run this config at all (:attr:`problem`)."""
+        problem = self.problem(cfg)
+        if problem is not None:
+            raise StageError(f"stage {self.name!r}: {problem}")
         need = self.inputs(cfg)
         missing = [k for k in need if given.get(k) is None]
         extra = sorted(k for k, v in given.items() if v is not None and k not in need + self.optional)
@@ -87,8 +97,11 @@ def _cyclegan_loop(cfg: ExperimentConfig, ctx: TrainContext, inputs: Inputs) -> 
 
 
 def _sr_loop(phase: Literal["pretrain", "gan"]) -> LoopFn:
+    """The SR phase's loop: joint with the degradation G when ``cfg.sr.joint_in(phase)``, else two-stage."""
+
     def loop(cfg: ExperimentConfig, ctx: TrainContext, inputs: Inputs) -> dict[str, Any]:
-        return train_sr(cfg, ctx, phase, init_from=inputs.get("pretrain"), cyclegan_g=inputs.get("cyclegan"))
+        train = train_joint if cfg.sr.joint_in(phase) else train_sr
+        return train(cfg, ctx, phase, init_from=inputs.get("pretrain"), cyclegan_g=inputs.get("cyclegan"))
 
     loop.__name__ = f"train_{phase}"
     return loop
@@ -114,6 +127,7 @@ STAGES: dict[str, Stage] = {
         pretrain_key,
         lambda cfg: cfg.sr.pretrain.iters > 0,
         "sr",
+        problem=joint_problem,
     ),
     "gan": Stage(
         "gan",
@@ -123,6 +137,7 @@ STAGES: dict[str, Stage] = {
         lambda cfg: cfg.sr.gan.iters > 0,
         "sr",
         optional=("pretrain",),  # any generator to start from, also without a pre-training stage
+        problem=joint_problem,
     ),
 }
 

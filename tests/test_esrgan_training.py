@@ -197,9 +197,10 @@ def _esrgan_config(dirs: dict[str, Path], iters: int, **sr: Any) -> ExperimentCo
 
 @pytest.mark.slow
 def test_a_tiny_esrgan_gan_phase_trains(tmp_path: Path) -> None:
-    """50 steps from scratch, 5 reports of 10-step means: the generator's loss falls, its pixel term most
-    (the adversarial term does not have to: D learns too). Measured (seed 0, lr 5e-3): g_total 0.0128 ->
-    0.0101, pixel 0.36 -> 0.20 (seeds 1, 2: g_total -35 %, -7 %)."""
+    """50 steps from scratch, 5 reports of 10-step means: the generator's reconstruction terms fall (pixel
+    and content). The total is not asserted: its adversarial part rises whenever D starts winning, which
+    is a GAN working, not failing (measured, seed 0, lr 5e-3: g_total 0.0128 -> 0.0101, pixel 0.36 ->
+    0.20; seeds 1, 2: g_total -35 %, -7 %; at lr 1e-3 the total rose once)."""
     dirs = make_images(tmp_path / "data")
     iters, window = 50, 10
     cfg = _esrgan_config(dirs, iters=iters, eval_every=window, gan={"lr": 5e-3})
@@ -208,8 +209,10 @@ def test_a_tiny_esrgan_gan_phase_trains(tmp_path: Path) -> None:
     g_total = [r["loss/g_total"] for r in ctx.reports]
     pixel = [r["loss/pixel"] for r in ctx.reports]
     assert len(g_total) == iters // window and final["diverged"] == 0
-    assert g_total[-1] < 0.9 * g_total[0], g_total
+    content = [r["loss/content"] for r in ctx.reports]
+    assert all(math.isfinite(v) for v in g_total), g_total
     assert pixel[-1] < 0.8 * pixel[0], pixel
+    assert content[-1] < content[0], content
     assert {r["setting/lr_schedule"] for r in ctx.reports} == {"constant()"}
     assert {r["setting/ema_decay"] for r in ctx.reports} == {0.9}
     assert all(r["lr"] == pytest.approx(5e-3) for r in ctx.reports)

@@ -320,11 +320,16 @@ def test_rows_carry_the_settings_the_run_reported(store: ResultsStore) -> None:
     rec = recorder(store)
     rec.record({**report(5), "setting/lr_schedule": "constant()", "setting/amp": False}, phase="pretrain")
     rec.record(
-        {**report(10), "setting/lr_schedule": "multistep(gamma=0.5, milestones=[5])", "setting/ema_decay": 0.9}
+        {
+            **report(10),
+            "setting/lr_schedule": "multistep(gamma=0.5, milestones=[5])",
+            "setting/ema_decay": 0.9,
+        },
     )
     df = folder(store).set_index(["phase", "test_set"])
     assert df.loc[("pretrain", "bicubic"), "lr_schedule"] == "constant()"
     assert df.loc[("gan", "unknown"), "lr_schedule"] == "multistep(gamma=0.5, milestones=[5])"
-    assert df.loc[("gan", "bicubic"), "ema_decay"] == 0.9 and pd.isna(df.loc[("pretrain", "bicubic"), "ema_decay"])
+    assert df.loc[("gan", "bicubic"), "ema_decay"] == 0.9
+    assert pd.isna(df.loc[("pretrain", "bicubic"), "ema_decay"])
     assert not df.loc[("gan", "bicubic"), "amp"]  # kept from the earlier report: settings are constant
     assert not any(c.startswith("setting/") for c in df.reset_index().columns)

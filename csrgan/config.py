@@ -533,6 +533,11 @@ class ResourcesConfig(Strict):
         default="auto", description="channels_last memory format; auto: the faster setting of the device"
     )
     compile: bool = Field(default=False, description="torch.compile the generator and discriminator")
+    prefetch: bool = Field(
+        default=False,
+        description="SR phases: build the next batch in a background thread while the step runs (same "
+        "batches); off by default: no gain on 2 shared cores (benchmarks/train_phase.py)",
+    )
     threads_per_worker: PosInt | None = Field(default=None, description="torch.set_num_threads per worker")
 
     @field_validator("gpus_per_worker")

@@ -15,7 +15,7 @@ registry                    config field                   filled by
 ``DEGRADATION_GENERATORS``  ``cyclegan.generator.type``    :mod:`csrgan.models` (``resnet``)
 ``DEGRADATION_CRITICS``     ``cyclegan.discriminator.type``  :mod:`csrgan.models` (``patchgan``)
 ``LOSSES``                  ``sr.pretrain.loss``, ``sr.gan.content.type``  :mod:`csrgan.losses`
-``GAN_LOSSES``              ``sr.gan.gan_mode``            :mod:`csrgan.losses` (``vanilla``, ``lsgan``, ``ragan``)
+``GAN_LOSSES``              ``sr.gan.gan_mode``            :mod:`csrgan.losses` (vanilla, lsgan, ragan)
 ``METRICS``                 ``eval.metrics``, ``search.metric.name``  :mod:`csrgan.metrics`
 ``DEGRADATIONS``            degradation pipeline steps     :mod:`csrgan.data.degradations`
 ``SCHEDULES``               ``sr.pretrain.schedule``,      :mod:`csrgan.train.schedules` (``constant``,

@@ -82,8 +82,17 @@ class TrainContext(Protocol):
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside a DDP wrapper (or the module itself)."""
-    return getattr(model, "module", model)
+    """The plain module inside DDP and ``torch.compile`` wrappers, in either nesting (or the module
+    itself): what owns the parameters and the plain ``state_dict`` keys (no ``module.`` or
+    ``_orig_mod.`` prefixes), and what runs eagerly (evaluation, frozen-discriminator calls)."""
+    for _ in range(4):  # at most compile(DDP(compile(net))): never loop on an odd attribute
+        inner = model.__dict__.get("_modules", {}).get("_orig_mod")  # OptimizedModule
+        if inner is None:
+            inner = getattr(model, "module", None)  # DDP (and duck-typed wrappers)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+    return model
 
 
 def jsonable(v: Any) -> Any:

@@ -7,7 +7,8 @@ LR) and its critic training while the SR network trains on ``G``'s output, and t
 ``G`` too (the *indirect supervised path*): ``G`` is pushed toward LR from which the SR network
 recovers the HR, not only toward LR that the critic finds real.
 
-Per step ``s`` (:class:`JointSRLoop`; ``nets``: the SR ``G`` (exported, or its EMA ``G_ema`` with ``sr.ema``) and ``D``, plus ``G_deg`` and
+Per step ``s`` (:class:`JointSRLoop`; ``nets``: the SR ``G`` (exported; its EMA ``G_ema`` with
+``sr.ema``) and ``D``, plus ``G_deg`` and
 ``D_deg``):
 
 1. **data** — the SR batch of step ``s`` (:class:`ContextPatchDataset`): HR patches, and for each the
@@ -304,7 +305,12 @@ class JointSRLoop(SRLoop):
             mix_prob=cfg.sr.mix_prob, augment=True, cache=d.cache, seed=cfg.seed,
         )  # fmt: skip
         self.sampler = IterationSampler(
-            len(self.dataset), cfg.sr.batch_size, cfg.seed, ctx.rank, ctx.world_size
+            len(self.dataset),
+            cfg.sr.batch_size,
+            cfg.seed,
+            ctx.rank,
+            ctx.world_size,
+            prefetch=cfg.resources.prefetch,
         )
         real_seed = derive_seed(cfg.seed, _STREAM_REAL)
         self.real = UnpairedPatchDataset(

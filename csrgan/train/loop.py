@@ -18,9 +18,12 @@
   exported generator, :mod:`csrgan.models.artifacts`) by renaming a finished temporary folder;
 * **resume** — from ``ctx.latest_checkpoint()``, refusing a checkpoint of another stage, config or
   world size; a run resumed at its last step trains nothing and reports its final metrics once more;
-* **threads and AMP** — ``resources.threads_per_worker`` (else the context's share of CPUs) threads
-  while the loop runs; bf16 autocast (``resources.amp``) only on CUDA: asking for it elsewhere is an
-  error, not a silent fallback; ``resources.channels_last`` memory format.
+* **threads and efficiency** — ``resources.threads_per_worker`` (else the context's share of CPUs)
+  threads while the loop runs; bf16 autocast (``resources.amp``), the ``channels_last`` memory format
+  and ``torch.compile`` (``resources.compile``) as :func:`csrgan.train.efficiency.resolve` decides for
+  the worker's device and the stage (``auto``: the measured faster setting; explicit values win). The
+  values in effect are in every report (``setting/amp`` etc., :meth:`TrainLoop.settings`);
+  ``time/eval_s`` is the wall time of the report's evaluation.
 
 Subclasses fill :attr:`nets`, :attr:`optimizers` and :attr:`schedulers` (saved and restored by name),
 name the net they export (:attr:`exported`) and implement :meth:`train_step`, :meth:`evaluate`,
@@ -58,12 +61,15 @@ from csrgan.train.checkpoint import (
     step_dir_name,
 )
 from csrgan.train.context import TrainContext, unwrap
+from csrgan.train.efficiency import check_compiler, resolve, workload_of
 
-__all__ = ["FINAL_DIR", "TrainLoop", "derive_seed", "evaluating", "run_loop"]
+__all__ = ["FINAL_DIR", "SETTING_PREFIX", "TrainLoop", "derive_seed", "evaluating", "run_loop"]
 
 log = logging.getLogger(__name__)
 
 FINAL_DIR = "final"
+#: Report keys ``setting/<name>``: a run's constant settings, one result-row column each (TrainLoop.settings).
+SETTING_PREFIX = "setting/"
 STAGING_DIR = ".staging"
 _TAG_GLOBAL = 0x474C  # "GL": the per-rank global RNG stream
 
@@ -183,13 +189,13 @@ class TrainLoop(ABC):
         self.cfg, self.ctx, self.stage, self.key, self.seed = cfg, ctx, stage, key, seed
         self.iters, self.eval_every, self.checkpoint_every = iters, eval_every, checkpoint_every
         self.device = torch.device(ctx.device)
-        if cfg.resources.amp and self.device.type != "cuda":
-            raise ValueError(
-                f"resources.amp: bf16 autocast is for GPUs, but this worker runs on {self.device}; "
-                "set resources.amp: false (or give the workers GPUs)"
-            )
-        self.amp_dtype = torch.bfloat16 if cfg.resources.amp else None
-        self.memory_format = torch.channels_last if cfg.resources.channels_last else torch.contiguous_format
+        #: the switches in effect (``auto`` resolved for this device); trainers read these, not the config
+        self.efficiency = resolve(cfg.resources, self.device, workload_of(stage))
+        if self.efficiency.compile:
+            check_compiler()
+        self.amp_dtype = torch.bfloat16 if self.efficiency.amp else None
+        self.channels_last = self.efficiency.channels_last
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.nets: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
@@ -218,6 +224,13 @@ class TrainLoop(ABC):
         """The ``weights`` value of every report: which pretrained backbones this run uses."""
         return "none"
 
+    def settings(self) -> dict[str, Any]:
+        """How this run trains, beyond its config hash: ``{name: scalar}``, constant for the run and
+        written into every result row (as column ``name``; reports carry it as ``setting/<name>``).
+        Subclasses extend the base's: the efficiency switches actually in effect."""
+        e = self.efficiency
+        return {"amp": e.amp, "channels_last": e.channels_last, "compile": e.compile}
+
     def window_metrics(self) -> dict[str, Any]:
         """Extra values for the next report (e.g. the learning rate); may reset per-window counters."""
         return {}
@@ -238,8 +251,14 @@ class TrainLoop(ABC):
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def prepare(self, net: nn.Module) -> nn.Module:
-        """``net`` in the configured memory format, on the device, DDP-wrapped when distributed."""
-        return self.ctx.prepare_model(net.to(memory_format=self.memory_format))
+        """``net`` in the configured memory format, on the device, DDP-wrapped when distributed, and
+        ``torch.compile``-d around the DDP wrapper with ``resources.compile`` (the order PyTorch's DDP
+        documentation recommends: its DDPOptimizer splits the graph at gradient-bucket boundaries so
+        all-reduces still overlap the backward). :func:`unwrap` sees through both wrappers, so
+        checkpoints keep plain keys and evaluation runs the eager module (no recompiles for eval mode or
+        full-size test images); trainers' unwrapped frozen-discriminator calls are eager too."""
+        prepared = self.ctx.prepare_model(net.to(memory_format=self.memory_format))
+        return torch.compile(prepared) if self.efficiency.compile else prepared
 
     # ----------------------------------------------------------------------------------- skeleton
     def run(self) -> dict[str, Any]:
@@ -247,7 +266,12 @@ class TrainLoop(ABC):
         torch.manual_seed(s)
         np.random.seed(s % 2**32)
         random.seed(s)
-        self.constant = {"phase": self.stage, "protocol": PROTOCOL.id, "weights": self.provenance()}
+        self.constant = {
+            "phase": self.stage,
+            "protocol": PROTOCOL.id,
+            "weights": self.provenance(),
+            **{f"{SETTING_PREFIX}{k}": v for k, v in self.settings().items()},
+        }
         state = self._resume()
         for net in self.nets.values():
             net.train()
@@ -258,7 +282,7 @@ class TrainLoop(ABC):
             return dict(self.last_metrics)
         window = _Window()
         while self.step < self.iters:
-            losses = self.train_step(self.step)
+            losses = self._compiled_step() if self.efficiency.compile else self.train_step(self.step)
             self.step += 1
             values = torch.stack([v.detach().float() for v in losses.values()])
             values = _mean_over_ranks(self.ctx, values).cpu()  # one host sync per step
@@ -285,7 +309,9 @@ class TrainLoop(ABC):
             **self.window_metrics(),
         }
         if do_eval and self.ctx.rank == 0:
+            t0 = time.perf_counter()
             metrics.update(self.evaluate())
+            metrics["time/eval_s"] = time.perf_counter() - t0
         self.last_metrics = metrics
         state = self._state() if do_ckpt else None  # a collective: every rank
         staged = None
@@ -299,6 +325,17 @@ class TrainLoop(ABC):
         finally:
             if staged is not None:
                 shutil.rmtree(staged, ignore_errors=True)  # the context persisted its own copy
+
+    def _compiled_step(self) -> dict[str, torch.Tensor]:
+        """A step of a compiled run: a failure to compile (the first step's, or a recompile's) names the
+        field to turn off, instead of surfacing as an inductor traceback only."""
+        try:
+            return self.train_step(self.step)
+        except torch._dynamo.exc.BackendCompilerFailed as exc:
+            raise RuntimeError(
+                f"resources.compile: torch.compile failed to compile {self.stage}'s networks on "
+                f"{self.device} ({exc}); set resources.compile: false"
+            ) from exc
 
     def _diverged(self, losses: Mapping[str, float]) -> dict[str, Any]:
         metrics = {
@@ -339,7 +376,7 @@ class TrainLoop(ABC):
         tmp, old, final = out / ".final.tmp", out / ".final.old", out / FINAL_DIR
         shutil.rmtree(tmp, ignore_errors=True)
         save_state(tmp, state)
-        save_generator(tmp, self.nets[self.exported], self.generator_spec())
+        save_generator(tmp, unwrap(self.nets[self.exported]), self.generator_spec())
         self.export_extra(tmp)
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():

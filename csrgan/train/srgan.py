@@ -283,7 +283,12 @@ class SRLoop(TrainLoop):
             self.exported = "G_ema"
         self.dataset = _build_dataset(cfg, cyclegan_g)
         self.sampler = IterationSampler(
-            len(self.dataset), cfg.sr.batch_size, cfg.seed, ctx.rank, ctx.world_size
+            len(self.dataset),
+            cfg.sr.batch_size,
+            cfg.seed,
+            ctx.rank,
+            ctx.world_size,
+            prefetch=cfg.resources.prefetch,
         )
         self.lpips: Any = None
         if ctx.rank == 0 and cfg.data.test_sets:

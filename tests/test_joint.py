@@ -433,7 +433,13 @@ def test_the_stage_table_dispatches_joint_phases(
 def test_joint_training_with_the_cyclegan_learner_is_refused_before_anything_starts(
     noisy_stage: tuple[dict[str, Any], Path], data: dict[str, Path], tmp_path: Path
 ) -> None:
-    cfg = joint_cfg(data, {"learner": "cyclegan"}, {"phases": ["gan"]})
+    with pytest.raises(
+        (ConfigError, ValueError), match=r"implemented for cyclegan\.learner frequency_separation"
+    ):
+        joint_cfg(data, {"learner": "cyclegan"}, {"phases": ["gan"]})  # the config says so first
+    # and a config built without validation (model_copy) is still refused at launch, before any folder
+    ok = joint_cfg(data, {}, {"phases": ["gan"]})
+    cfg = ok.model_copy(update={"cyclegan": ok.cyclegan.model_copy(update={"learner": "cyclegan"})})
     for stage in ("pretrain", "gan"):
         with pytest.raises(StageError, match=r"cyclegan\.learner is 'cyclegan'.*sr\.joint\.enabled: false"):
             launch(stage, cfg, tmp_path / stage, {"cyclegan": noisy_stage[1]})

@@ -253,6 +253,7 @@ def test_a_forked_child_starts_its_own_thread(hr_dir: Path, monkeypatch: pytest.
     monkeypatch.setattr(old, "pid", -1)
     _assert_same(pre.read(ds, 1), sync.read(ds, 1))
     assert pre._worker is not old and pre._worker is not None
+    monkeypatch.undo()  # back in the "parent": its close() joins the old thread
     old.close()
     pre.close()
     assert not _prefetch_threads()

@@ -77,9 +77,10 @@ _CUDA = (
 )
 _CPU_AMP = (
     "bf16 autocast: `benchmarks/train_step.py --threads 1 --clock cpu --compare amp` on 2 shared AMD EPYC "
-    "cores (AVX2, no AMX/AVX512-BF16), torch 2.14.1: 4-21x SLOWER everywhere (ratio on/off, median of "
-    "2-3 runs): SRGAN step 0.056 (cpu-small) / 0.065 (quickstart) / 0.047 (paper), SR pre-training step "
-    "0.21 / 0.064, ESRGAN 0.24 (cpu-small), CycleGAN 0.23 / 0.087 / 0.046, DSGAN 0.053 (quickstart)"
+    "cores (AVX2, no AMX/AVX512-BF16), torch 2.14.1, 2026-12-01: 4-33x SLOWER everywhere (time off / on, "
+    "median of 3 runs, paper and ESRGAN/DSGAN 1): SRGAN step 0.056 (cpu-small) / 0.067 (quickstart) / "
+    "0.047 (paper), SR pre-training step 0.21 / 0.064, ESRGAN 0.030 (quickstart), CycleGAN 0.23 / 0.087 / "
+    "0.046, DSGAN 0.053 (quickstart)"
 )
 
 #: ``auto`` per (``torch.device.type``, workload); other device types get :data:`FALLBACK`.
@@ -92,12 +93,14 @@ DEFAULTS: dict[tuple[str, Workload], Measured] = {
         evidence=(
             f"{_CPU_AMP}. channels_last: `benchmarks/train_step.py --threads 1 --clock cpu --compare "
             "channels-last --size cpu-small|quickstart|paper --which srgan,esrgan,ema` (same machine; "
-            "speedup off/on, median of 8 alternating pairs, paper 3; median [range] of 2-3 runs): SR "
+            "step time off / on, median of 8 alternating pairs, paper 3; median [range] of 2-3 runs): SR "
             "pre-training step 1.39 [1.21-1.48] cpu-small, 1.44 [1.28-1.49] quickstart; SRGAN GAN step "
-            "1.08 [1.04-1.11] cpu-small, 1.34 [1.32-1.41] quickstart, 1.20 [1.19-1.21] paper; ESRGAN GAN "
-            "step 1.07 [1.05-1.12] cpu-small, 1.20 [1.12-1.25] quickstart, ESRGAN_PAPER paper. (With the "
-            "VGG content network left NCHW, the SRGAN step at cpu-small was 0.74-0.75: the loss network "
-            "must follow the nets' memory format.)"
+            "1.07 [1.04-1.11] cpu-small, 1.34 [1.32-1.41] quickstart, 1.20 [1.19-1.21] paper; ESRGAN GAN "
+            "step 1.07 [1.05-1.12] cpu-small, 1.20 [1.12-1.25] quickstart, 0.96 paper (n = 1, 2 pairs: the "
+            "one SR step measured slower; 57 s per step on this CPU, nobody trains it here). On, since "
+            "the demo's SR phases gain 1.3-1.4x. (With the VGG content network left NCHW the SRGAN step "
+            "was 0.74-0.75 at cpu-small, 1.17 at paper: the loss network should follow the nets' memory "
+            "format.)"
         ),
     ),
     ("cpu", "degradation"): Measured(

@@ -30,7 +30,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from csrgan import registry as R
-from csrgan.storage import StorageError, storage_root
+from csrgan.storage import StorageError, check_storage
 from csrgan.yaml_io import YAMLInputError, excerpt, load_yaml_file, load_yaml_text
 
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -524,6 +524,12 @@ class ResourcesConfig(Strict):
     cpus_per_worker: PosFloat = 1.0
     gpus_per_worker: NonNegFloat = 0.0
     max_concurrent_trials: PosInt | None = None
+    placement: Literal["pack", "spread"] = Field(
+        default="pack",
+        description="where a trial's Ray Train workers go (workers > 1): pack: as few nodes as possible "
+        "(DDP traffic stays on a node); spread: one per node where possible (a node's loss takes fewer "
+        "workers; needs the nodes' network for DDP). Ray's placement strategy PACK / SPREAD, both soft",
+    )
     amp: bool | Literal["auto"] = Field(
         default="auto",
         description="bf16 autocast; auto: the faster setting of the worker's device "
@@ -748,7 +754,7 @@ class ExperimentConfig(Strict):
     @classmethod
     def _writable_storage(cls, v: str) -> str:
         try:
-            storage_root(v)
+            check_storage(v)
         except StorageError as exc:
             raise ValueError(str(exc)) from None
         return v

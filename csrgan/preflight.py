@@ -20,7 +20,7 @@ from csrgan.config import ConfigError, ExperimentConfig, TestSetConfig
 from csrgan.data.check import FolderScan, capped, check_min_size, check_pairs, scan_folder
 from csrgan.data.demo import demo_layout, unusable_demo_dir
 from csrgan.noref import NIQE_BLOCK, NIQE_MIN_BLOCKS, niqe_blocks
-from csrgan.storage import StorageError, storage_root
+from csrgan.storage import Remote, StorageError, is_object_uri, storage_root
 
 
 class PreflightError(ConfigError):
@@ -69,6 +69,12 @@ def preflight_problems(
 
 # ------------------------------------------------------------------------------------------ storage
 def _storage_problems(storage: str) -> list[str]:
+    if is_object_uri(storage):  # shared by construction; it must take a write from here
+        try:
+            Remote(storage).check_writable()
+        except OSError as exc:
+            return [f"storage: {exc}"]
+        return []
     try:
         root = storage_root(storage)
     except StorageError as exc:

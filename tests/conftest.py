@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# moto_server, s3_bucket: a real S3-protocol server on loopback (tests/s3_server.py)
+pytest_plugins = ["tests.s3_server"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 

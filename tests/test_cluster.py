@@ -23,12 +23,10 @@ import contextlib
 import ipaddress
 import json
 import os
-import secrets
+import shlex
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -43,6 +41,7 @@ from typer.testing import CliRunner
 
 from csrgan import cluster as C
 from csrgan.cluster.jobs import _is_excluded
+from csrgan.cluster.local import LocalCluster, free_ports, session_tree, signal_all
 from csrgan.cluster.storage import _probe_on_node
 from csrgan.config import ConfigError
 
@@ -228,10 +227,13 @@ def test_relative_storage_is_refused(tmp_path: Path, demo_stub: Path) -> None:
         C.plan_submission(cfg, storage="~/results")
 
 
-def test_object_store_storage_follows_the_driver(tmp_path: Path, demo_stub: Path) -> None:
+def test_object_store_storage_is_passed_to_the_job_as_given(tmp_path: Path, demo_stub: Path) -> None:
     cfg = write_yaml(tmp_path / "t.yaml", tiny("s3", tmp_path / "s", demo_stub))
-    with pytest.raises(C.ClusterError, match="object-store URIs are not supported"):
-        C.plan_submission(cfg, storage="s3://bucket/results")
+    uri = "s3://bucket/results?endpoint_override=10.0.0.5:9000&scheme=http"
+    plan = C.plan_submission(cfg, storage=uri)
+    assert plan.storage == uri and shlex.split(plan.entrypoint)[-2:] == ["--storage", uri]
+    with pytest.raises(C.ClusterError, match="unsupported scheme"):
+        C.plan_submission(cfg, storage="hdfs://namenode/results")
 
 
 def test_relative_data_that_is_not_uploaded_is_refused(tmp_path: Path) -> None:
@@ -308,7 +310,7 @@ def test_submit_sends_the_plan_and_removes_the_staged_dir(tmp_path: Path, demo_s
 
 def test_unreachable_dashboard_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_AUTH_TOKEN", "x")
-    port = _free_ports(1)[0]  # nothing listens there
+    port = free_ports(1)[0]  # nothing listens there
     with pytest.raises(C.ClusterError, match=rf"cannot reach the Ray dashboard at http://127.0.0.1:{port}"):
         C.job_status(f"http://127.0.0.1:{port}", "raysubmit_1")
 
@@ -372,183 +374,16 @@ def test_socket_addresses_are_decoded_like_the_kernel_writes_them() -> None:
 
 
 # ============================================================================ a real two-node cluster
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, session id), from /proc."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(entry)] = (int(fields[1]), int(fields[3]))
-    return out
-
-
-def _tree(sids: set[int]) -> set[int]:
-    """Processes in the given sessions (what ``ray start`` and our drivers spawned), plus descendants
-    (a job's entrypoint runs in a session of its own under the job supervisor); never this process."""
-    table = _proc_table()
-    found = {pid for pid, (_, sid) in table.items() if sid in sids}
-    grew = True
-    while grew:
-        kids = {pid for pid, (ppid, _) in table.items() if ppid in found and pid not in found}
-        found |= kids
-        grew = bool(kids)
-    return found - {os.getpid()}
-
-
-def _kill(pids: set[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-class LocalRayCluster:
-    """A real multi-node Ray cluster on this machine, on loopback only, with a private token.
-
-    Each node is one ``ray start`` run in a new session with its own ``--temp-dir``; every process it
-    spawns stays in that session, so stopping kills exactly those (``ray stop`` would kill every Ray
-    process on the machine, including other people's).
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.token = secrets.token_hex(24)
-        self.gcs_port, self.dashboard_port, self.client_port = _free_ports(3)
-        self.sessions: dict[str, int] = {}
-        path = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        self.env.update(
-            PATH=path,  # the job entrypoint's `python` is this venv's (the cluster "image")
-            RAY_AUTH_MODE="token",
-            RAY_AUTH_TOKEN=self.token,
-            RAY_USAGE_STATS_ENABLED="0",  # no usage report to the internet
-            NO_PROXY="127.0.0.0/8,localhost",
-            PYTHONUNBUFFERED="1",
-        )
-
-    @property
-    def gcs_address(self) -> str:
-        return f"{HEAD_IP}:{self.gcs_port}"
-
-    @property
-    def dashboard(self) -> str:
-        return f"http://127.0.0.1:{self.dashboard_port}"
-
-    def _ray_start(self, name: str, args: list[str]) -> None:
-        log = self.root / f"{name}.start.log"
-        with open(log, "w") as out:
-            p = subprocess.Popen(
-                [
-                    str(VENV_BIN / "ray"),
-                    "start",
-                    *args,
-                    f"--temp-dir={self.root / name}",
-                    "--disable-usage-stats",
-                ],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            self.sessions[name] = p.pid  # the daemons keep this session id after `ray start` exits
-            rc = p.wait(timeout=180)
-        if rc != 0:
-            raise RuntimeError(f"`ray start` for {name} failed ({rc}):\n{log.read_text()[-3000:]}")
-
-    def start_head(self) -> None:
-        agent = _free_ports(1)[0]
-        self._ray_start(
-            "head",
-            [
-                "--head",
-                f"--node-ip-address={HEAD_IP}",
-                f"--port={self.gcs_port}",
-                "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={self.dashboard_port}",
-                f"--ray-client-server-port={self.client_port}",
-                f"--dashboard-agent-listen-port={agent}",
-                "--num-cpus=1",
-            ],
-        )
-        self.wait_nodes({HEAD_IP})
+class LocalRayCluster(LocalCluster):
+    """The cluster of these tests (:class:`csrgan.cluster.local.LocalCluster`): head on 127.0.0.2 and a
+    worker node ``node2`` on 127.0.0.3 with resource ``node2``, 1 CPU each, private temp dirs and token."""
 
     def add_node2(self) -> None:
-        agent = _free_ports(1)[0]
-        self._ray_start(
-            "node2",
-            [
-                f"--address={self.gcs_address}",
-                f"--node-ip-address={NODE2_IP}",
-                f"--dashboard-agent-listen-port={agent}",
-                "--num-cpus=1",
-                '--resources={"node2": 1}',
-            ],
-        )
-        self.wait_nodes({HEAD_IP, NODE2_IP})
+        self.add_node("node2", NODE2_IP, num_cpus=1, resources={"node2": 1})
 
     def ensure_node2(self) -> None:
         if "node2" not in self.sessions:
             self.add_node2()
-
-    def alive_ips(self) -> set[str]:
-        import requests
-
-        r = requests.get(
-            f"{self.dashboard}/api/v0/nodes",
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=10,
-        )
-        r.raise_for_status()
-        rows = r.json()["data"]["result"]["result"]
-        return {row["node_ip"] for row in rows if row["state"] == "ALIVE"}
-
-    def wait_nodes(self, ips: set[str], timeout: float = 60) -> None:
-        t0, seen = time.time(), set()
-        while time.time() - t0 < timeout:
-            with contextlib.suppress(Exception):  # the dashboard may still be starting
-                seen = self.alive_ips()
-                if seen == ips:
-                    return
-            time.sleep(0.5)
-        raise AssertionError(f"cluster nodes alive: {seen}, expected {ips}")
-
-    def pids(self, names: list[str] | None = None) -> set[int]:
-        return _tree({sid for n, sid in self.sessions.items() if names is None or n in names})
-
-    def kill_node(self, name: str) -> None:
-        """Lose a node the hard way: SIGKILL its raylet, agents and workers."""
-        _kill(self.pids([name]), signal.SIGKILL)
-        del self.sessions[name]
-
-    def stop(self) -> None:
-        _kill(self.pids(), signal.SIGTERM)
-        t0 = time.time()
-        while time.time() - t0 < 3 and self.pids():
-            time.sleep(0.3)
-        for _ in range(3):  # anything spawned while stopping
-            _kill(self.pids(), signal.SIGKILL)
-            time.sleep(0.3)
-        self.sessions.clear()
-
-    def run_env(self) -> dict[str, str]:
-        """Environment for a driver/client process on this machine."""
-        return dict(self.env)
 
 
 # ------------------------------------------------------------------------------------- loopback watch
@@ -661,7 +496,7 @@ class Drivers:
         return p
 
     def kill(self) -> None:
-        _kill(_tree(self.sessions), signal.SIGKILL)
+        signal_all(session_tree(self.sessions), signal.SIGKILL)
         for out in self._logs:
             out.close()
 
@@ -669,11 +504,10 @@ class Drivers:
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[tuple[LocalRayCluster, Drivers, LoopbackWatch]]:
     """Head on 127.0.0.2 + worker node on 127.0.0.3 (1 CPU each), stopped even when a test fails."""
-    root = Path(tempfile.mkdtemp(prefix="csrgan-rc-", dir="/tmp"))  # short: Ray's socket paths
-    rc = LocalRayCluster(root)
+    rc = LocalRayCluster()  # its own short folder under /tmp (Ray's socket paths), removed by stop()
     drivers = Drivers()
     me = os.getpid()
-    watch = LoopbackWatch(lambda: rc.pids() | _tree(drivers.sessions) | {me})
+    watch = LoopbackWatch(lambda: rc.pids() | session_tree(drivers.sessions) | {me})
     try:
         with watch:
             rc.start_head()
@@ -682,10 +516,7 @@ def ray_cluster() -> Iterator[tuple[LocalRayCluster, Drivers, LoopbackWatch]]:
     finally:
         drivers.kill()
         rc.stop()
-        left = rc.pids()
-        import shutil
-
-        shutil.rmtree(root, ignore_errors=True)
+        left = rc.leftovers()
         assert not left, f"Ray processes left running: {sorted(left)}"
 
 
@@ -774,13 +605,22 @@ def test_sweep_joins_the_cluster_and_runs_trials_on_both_nodes(
     p = drivers.popen([*CSRGAN, "sweep", str(cfg), "--address", rc.gcs_address], rc.run_env(), log)
     assert p.wait(timeout=240) == 0, log.read_text()[-4000:]
     out = log.read_text()
-    assert "Connecting to existing Ray cluster" in out and "up to 2 at once" in out
+    # it says which cluster it joined: address, nodes, resources, Ray version
+    import ray
+
+    joined = f"joined Ray cluster {rc.gcs_address} (Ray {ray.__version__}): 2 node(s), "
+    assert joined in out and "up to 2 at once" in out, out[-3000:]
 
     nodes = _tune_nodes(storage / "two")
     assert len(nodes) == 2
     assert {ips[-1] for ips in nodes.values()} == {HEAD_IP, NODE2_IP}, nodes  # one trial per node
     df = pd.read_parquet(storage / "two")
     assert_complete(df, [5, 10])
+    # every row names the node its trial ran on, as Tune placed it
+    by_trial = df.groupby("trial_id").node_ip.unique()
+    assert all(len(ips) == 1 for ips in by_trial), by_trial
+    assert {t: ips[0] for t, ips in by_trial.items()} == {t: ips[-1] for t, ips in nodes.items()}
+    assert df.node_id.str.fullmatch(r"[0-9a-f]{56}").all()
     summary = _summary(storage / "two")
     assert "| 0.0001" in summary and "| 0.0002" in summary
     watch.check()

@@ -310,11 +310,11 @@ CASES = [
         ("- sr.gan.gan_mode:", "unknown GAN loss 'wgan'; known:", ", ".join(GAN_LOSSES.names())),
         _set("sr.gan.gan_mode", "wgan"),
     ),
-    # storage: object stores cannot be written to (file locks, SQLite)
+    # storage: folders and s3:// / gs:// object stores; any other scheme is refused
     Case(
-        "object-store-storage",
-        ("- storage:", "object-store URIs are not supported for writing yet", "s3://bucket/results"),
-        _set("storage", "s3://bucket/results"),
+        "unsupported-storage-scheme",
+        ("- storage:", "unsupported scheme", "hdfs://namenode/results", "s3://"),
+        _set("storage", "hdfs://namenode/results"),
     ),
     Case(
         "decay-after-end",

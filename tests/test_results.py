@@ -105,6 +105,8 @@ EXPECTED_DTYPES = {
     "config_hash": "str",
     "protocol": "str",
     "weights": "str",
+    "node_ip": "str",
+    "node_id": "str",
     "created_at": "datetime64[us, UTC]",
 }
 

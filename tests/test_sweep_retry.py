@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from test_bad_inputs import good_config, world  # noqa: F401 - the fixture
 
+from csrgan.cluster.capacity import Fit
 from csrgan.config import validate_config
 from csrgan.data.layout import resolve_data
 from csrgan.sweep import driver
@@ -26,7 +27,7 @@ class Boom(RuntimeError):
 def fails_in_tune(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Ray and the baseline are skipped; ``fit`` writes Tune's state and then fails."""
     seen: list[Path] = []
-    monkeypatch.setattr(driver, "_start_cluster", lambda plan, address, num_cpus: 1)
+    monkeypatch.setattr(driver, "_start_cluster", lambda plan, address, num_cpus: Fit(1))
     monkeypatch.setattr(driver, "_say_cluster", lambda address, slots, say: None)
     monkeypatch.setattr(driver, "_bicubic_baseline", lambda cfg, echo: {})
     monkeypatch.setattr(driver, "_start_cyclegan_builds", lambda plan, echo: [])

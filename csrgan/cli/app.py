@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 import csrgan
-from csrgan.cli import data, evaluate, export, jobs, results, submit, sweep, train, upscale, weights
+from csrgan.cli import cluster, data, evaluate, export, jobs, results, submit, sweep, train, upscale, weights
 from csrgan.cli.common import weights_named_as
 
 app = typer.Typer(
@@ -71,6 +71,7 @@ app.command("upscale")(upscale.upscale)
 app.command("submit")(submit.submit)
 app.command("export")(export.export)
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(cluster.app, name="cluster")
 
 
 def main() -> None:

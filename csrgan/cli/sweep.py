@@ -87,7 +87,7 @@ def sweep(
         from csrgan.results.report_data import baseline_line
 
         typer.echo("\n" + baseline_line(outcome.baseline))  # the report prints the same sentence
-    _print_summary(cfg, outcome.results_dir, outcome.baseline)
+    _print_summary(cfg, outcome.results_uri or outcome.results_dir, outcome.baseline)
     t = outcome.timing
     if t.get("train_s"):
         busy = t["train_s"] / (t["wall_s"] * t.get("slots", 1))
@@ -190,7 +190,7 @@ def _print_plan(cfg) -> None:  # noqa: ANN001
         typer.echo(f"  {t.label()}")
 
 
-def _print_summary(cfg, results_dir: Path, baseline: dict[str, float] | None = None) -> None:  # noqa: ANN001
+def _print_summary(cfg, results_dir: Path | str, baseline: dict[str, float] | None = None) -> None:  # noqa: ANN001
     from csrgan.results import read_results
 
     try:

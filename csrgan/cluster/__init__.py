@@ -1,6 +1,14 @@
-"""Running sweeps on a multi-node Ray cluster: storage every node sees, and sweeps submitted as Ray Jobs.
+"""Running sweeps on a multi-node Ray cluster: where you are, what fits, storage every node sees, jobs.
 
-Three small modules, all about "the same sweep, beyond one machine":
+Small modules, all about "the same sweep, beyond one machine":
+
+* :mod:`csrgan.cluster.where` — which cluster a driver joins: ``auto`` resolved (refused when this
+  machine runs several clusters), the token checked before Ray's 20 s of retries, the joined cluster
+  described in one line, and the node a row's trial ran on (``node_ip``, ``node_id``).
+* :mod:`csrgan.cluster.capacity` — does one trial fit the cluster, or a node type its autoscaler can
+  launch.
+* :mod:`csrgan.cluster.local` — local multi-node clusters whose nodes have private temp dirs, and
+  stopping exactly those nodes (``csrgan cluster stop --temp-dir``), never every Ray process.
 
 * :mod:`csrgan.cluster.storage` — :func:`check_shared_storage`, called by the sweep driver once Ray
   is up: on a multi-node cluster the storage folder must be the same folder on every node, and a
@@ -36,6 +44,14 @@ from csrgan.cluster.jobs import (
     tail_job_logs,
     wait_for_job,
 )
+from csrgan.cluster.local import (
+    LocalCluster,
+    LocalClusterError,
+    LocalNode,
+    local_nodes,
+    node_processes,
+    stop_nodes,
+)
 from csrgan.cluster.storage import (
     CHECK_DIR,
     SHARED_STORAGE_HOWTO,
@@ -43,10 +59,32 @@ from csrgan.cluster.storage import (
     alive_nodes,
     check_shared_storage,
 )
+from csrgan.cluster.where import (
+    ClusterAuthError,
+    ClusterSummary,
+    check_auth,
+    describe_cluster,
+    node_columns,
+    prepare_join,
+    resolve_address,
+)
 from csrgan.storage import StorageError
 
 __all__ = [
     "CHECK_DIR",
+    "ClusterAuthError",
+    "ClusterSummary",
+    "LocalCluster",
+    "LocalClusterError",
+    "LocalNode",
+    "check_auth",
+    "describe_cluster",
+    "local_nodes",
+    "node_columns",
+    "node_processes",
+    "prepare_join",
+    "resolve_address",
+    "stop_nodes",
     "ClusterError",
     "DEFAULT_EXCLUDES",
     "NodeRef",

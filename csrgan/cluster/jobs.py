@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from csrgan.storage import StorageError, is_uri, storage_root
+from csrgan.storage import StorageError, check_storage, is_uri
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
@@ -118,7 +118,7 @@ def _cluster_storage(cfg: ExperimentConfig, storage: str | None) -> str:
             "`storage:` in the experiment file)."
         )
     try:
-        storage_root(root)  # the one URI policy (csrgan.storage): e.g. no object stores for writing
+        check_storage(root)  # the one URI policy (csrgan.storage): folders, s3://, gs://
     except StorageError as exc:
         raise ClusterError(str(exc)) from None
     return root

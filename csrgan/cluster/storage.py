@@ -7,7 +7,7 @@ split the results; :func:`check_shared_storage` refuses it up front by writing a
 driver and checking, with one tiny Ray task pinned to each alive node, that every node reads the
 driver's marker and writes a reply the driver can read.
 
-Which locations are storage at all (folders yes, object stores not for writing) is
+Which locations are storage at all (folders, and s3:// / gs:// object stores, which need no check) is
 :mod:`csrgan.storage`'s URI policy; a folder not every node sees is the same
 :class:`~csrgan.storage.StorageError`. Nothing here imports torch; Ray is imported lazily.
 """
@@ -31,8 +31,8 @@ CHECK_DIR = ".csrgan-storage-check"
 SHARED_STORAGE_HOWTO = (
     "On a multi-node cluster, results, checkpoints and the shared stages must live on storage every "
     "node sees: a shared filesystem mounted at the same path on every node (NFS, EFS, Filestore, a "
-    "ReadWriteMany volume), set with `storage:` in the experiment file or --storage. Object stores "
-    "(s3://, gs://) are not supported by the sweep driver yet (see cluster/README.md)."
+    "ReadWriteMany volume), set with `storage:` in the experiment file or --storage, or an object store "
+    "(s3://bucket/prefix, gs://bucket/prefix; see cluster/README.md, Object storage)."
 )
 
 

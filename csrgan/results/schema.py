@@ -63,6 +63,8 @@ _BODY = pa.schema(
         pa.field("config_hash", pa.string(), nullable=False),
         pa.field("protocol", pa.string(), nullable=False),
         pa.field("weights", pa.string(), nullable=False),
+        pa.field("node_ip", pa.string()),
+        pa.field("node_id", pa.string()),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
@@ -73,7 +75,9 @@ _FIXED_TYPES = {f.name: f.type for f in FIXED_SCHEMA}
 _STORE_COLUMNS = ("sweep", "trial_id", "status")
 _REQUIRED = ("seed", "phase", "step", "test_set", "wall_s", "device_s", "config_hash", "protocol", "weights")
 #: absent -> null (created_at -> now)
-_OPTIONAL = ("psnr", "ssim", "lpips", "niqe", "git_commit", "created_at")
+_OPTIONAL = ("psnr", "ssim", "lpips", "niqe", "git_commit", "node_ip", "node_id", "created_at")
+#: Fixed columns added after files were first written: a file without them reads as nulls there.
+ADDED_COLUMNS = ("node_ip", "node_id")
 _ROW_KEY = ("phase", "step", "test_set")
 #: Extras csrgan itself writes that are not strings: their type when a trial has only nulls (e.g. the
 #: degradation stage's numbers in a p = 0 trial), so files of one sweep agree.
@@ -245,10 +249,11 @@ def _normalise_row(
             raise ResultsError(f"{where}: {col} must be a number or None (not computed), got {v!r}")
         # NaN/inf are kept: they are computed values (e.g. PSNR of identical images is inf).
         out[col] = None if v is None else float(v)
-    v = row.get("git_commit")
-    if v is not None and not isinstance(v, str):
-        raise ResultsError(f"{where}: git_commit must be a string or None (unknown), got {v!r}")
-    out["git_commit"] = v
+    for col in ("git_commit", "node_ip", "node_id"):
+        v = row.get(col)
+        if v is not None and not isinstance(v, str):
+            raise ResultsError(f"{where}: {col} must be a string or None (unknown), got {v!r}")
+        out[col] = v
     v = row.get("created_at")
     out["created_at"] = now if v is None else _as_utc(v, where)
     for col, v in row.items():

@@ -34,6 +34,7 @@ from pyarrow import fs as pafs
 from csrgan.results.schema import (
     _FIXED_TYPES,
     _ROW_KEY,
+    ADDED_COLUMNS,
     FIXED_COLUMNS,
     FIXED_SCHEMA,
     STATUSES,
@@ -302,8 +303,8 @@ def _unify(tables: list[tuple[str, pa.Table]]) -> pa.Table:
     types: dict[str, pa.DataType] = {}
     where: dict[str, str] = {}
     for path, t in tables:
-        missing = [c for c in FIXED_COLUMNS if c not in t.column_names]
-        if missing:
+        missing = [c for c in FIXED_COLUMNS if c not in t.column_names and c not in ADDED_COLUMNS]
+        if missing:  # columns added since (ADDED_COLUMNS) are read as nulls from older files
             raise ResultsError(f"{path} is not a csrgan results file: missing columns {missing}")
         for f in t.schema:
             if f.name in _FIXED_TYPES:

@@ -31,6 +31,7 @@ from csrgan.sweep.stages import build_shared_stages, shared_stages, stage_ref
 from csrgan.sweep.trial import SweepRuntime, devices_of, run_trial
 
 if TYPE_CHECKING:
+    from csrgan.cluster.capacity import Fit
     from csrgan.sweep.progress import SweepView
 
 Echo = Callable[[str], None]
@@ -42,7 +43,7 @@ class SweepError(RuntimeError):
 
 @dataclass
 class SweepOutcome:
-    results_dir: Path
+    results_dir: Path  # this machine's folder (the driver's mirror on object storage)
     wall_s: float
     statuses: dict[str, str] = field(default_factory=dict)
     unfinished: list[str] = field(default_factory=list)
@@ -51,6 +52,7 @@ class SweepOutcome:
     stage_reuse: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # trial id -> "label: first line of its error"
     stage_errors: dict[str, str] = field(default_factory=dict)  # stage -> why it failed or was refused
+    results_uri: str = ""  # the results as the user names them (a URI on object storage)
 
     @property
     def complete(self) -> bool:
@@ -130,15 +132,43 @@ def plan_sweep(
         layout = SweepLayout.of(cfg.storage, cfg.name)
     except StorageError as exc:
         raise SweepError(str(exc)) from None
-    if resume and not layout.tune.is_dir():
-        raise SweepError(f"--resume: no sweep state at {layout.tune}; start it without --resume")
-    if not resume and layout.tune.exists():
+    _check_object_storage(cfg, layout, trials)
+    has_state = _has_tune_state(layout)
+    if resume and not has_state:
+        raise SweepError(f"--resume: no sweep state at {_tune_uri(layout)}; start it without --resume")
+    if not resume and has_state:
         raise SweepError(
-            f"sweep {cfg.name!r} already has state at {layout.results}. Continue it with --resume, "
+            f"sweep {cfg.name!r} already has state at {layout.results_uri}. Continue it with --resume, "
             f"or start a new one with another name (--set name=...) or storage (--storage DIR)"
         )
     _check_reused_degradations(cfg, layout, trials)
     return SweepPlan(_lpips_preflight(cfg, echo), layout, trials, resume)
+
+
+def _has_tune_state(layout: SweepLayout) -> bool:
+    """Whether the sweep has Tune state (in the store on object storage, where the mirror may be empty)."""
+    if layout.remote is not None:
+        return layout.remote.exists(layout.rel(layout.tune))
+    return layout.tune.exists()
+
+
+def _tune_uri(layout: SweepLayout) -> str:
+    return layout.remote.child(layout.rel(layout.tune)) if layout.remote is not None else str(layout.tune)
+
+
+def _check_object_storage(cfg: ExperimentConfig, layout: SweepLayout, trials: list[TrialSpec]) -> None:
+    """Object storage takes one-worker trials and stages: a worker group's ranks write ``final/`` and
+    grids on their own nodes, which the mirror-and-sync scheme (:mod:`csrgan.storage.remote`) does not
+    collect. Refused up front, naming the field."""
+    if layout.remote is None:
+        return
+    wide = sorted({c.resources.workers for c in sweep_configs(cfg, trials) if c.resources.workers > 1})
+    if wide:
+        raise SweepError(
+            f"resources.workers={wide[0]} with object storage ({layout.remote.uri}): multi-worker trials "
+            "need storage every worker sees as a folder (a shared filesystem); use resources.workers: 1 "
+            "per trial on object storage, or a shared folder (cluster/README.md, Storage)"
+        )
 
 
 def _check_reused_degradations(cfg: ExperimentConfig, layout: SweepLayout, trials: list[TrialSpec]) -> None:
@@ -152,6 +182,7 @@ def _check_reused_degradations(cfg: ExperimentConfig, layout: SweepLayout, trial
             continue
         ref = stage_ref("cyclegan", tc, layout)
         if ref.is_done():
+            ref.fetch()
             try:
                 require_usable(judge_stage(ref.final, tc), ref.final)
             except PoorStageError as exc:
@@ -197,23 +228,15 @@ def embedded_resources(num_cpus: int | None) -> dict[str, float]:
 
 
 def check_fits(cfg: ExperimentConfig, cluster: dict[str, float]) -> int:
-    """How many trials fit at once; raise if not even one does (Ray would otherwise wait forever)."""
-    r = cfg.resources
-    need_cpu = r.cpus_per_worker * r.workers + (1.0 if r.workers > 1 else 0.0)
-    need_gpu = r.gpus_per_worker * r.workers
-    have_cpu, have_gpu = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
-    if need_cpu > have_cpu or need_gpu > have_gpu:
-        raise SweepError(
-            "resources: "
-            f"one trial needs {need_cpu:g} CPU and {need_gpu:g} GPU "
-            f"(resources.workers={r.workers} × cpus_per_worker={r.cpus_per_worker:g}, gpus_per_worker="
-            f"{r.gpus_per_worker:g}{', plus 1 CPU for the trial driver' if r.workers > 1 else ''}), "
-            f"but the cluster has {have_cpu:g} CPU and {have_gpu:g} GPU"
-        )
-    fits = int(have_cpu // need_cpu)
-    if need_gpu:
-        fits = min(fits, int(have_gpu // need_gpu))
-    return max(1, fits)
+    """How many trials fit at once; raise :class:`SweepError` if not even one does (Ray would otherwise
+    wait forever). The rule is :func:`csrgan.cluster.capacity.check_fits`."""
+    from csrgan.cluster.capacity import CapacityError
+    from csrgan.cluster.capacity import check_fits as fits
+
+    try:
+        return fits(cfg, cluster)
+    except CapacityError as exc:
+        raise SweepError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------- tune
@@ -245,7 +268,7 @@ def run_sweep(
     if address is None:  # the embedded cluster's size is known before it starts: check now
         check_fits(plan.cfg, embedded_resources(num_cpus))
     _build_demo(plan.cfg)
-    fresh = not plan.layout.tune.exists()
+    fresh = not _has_tune_state(plan.layout)
     plan.layout.results.mkdir(parents=True, exist_ok=True)
     try:
         return _run_planned(plan, t0, address, num_cpus, view)
@@ -269,7 +292,7 @@ def _run_planned(
         os.environ.setdefault(key, value)
     say = view.event
     path = log_path(plan.layout.results)
-    say(f"csrgan sweep {plan.cfg.name}: {plan.n_trials} trial(s); results -> {plan.layout.results}")
+    say(f"csrgan sweep {plan.cfg.name}: {plan.n_trials} trial(s); results -> {plan.layout.results_uri}")
     if len(plan.objectives) > 1:
         say(_objectives_line(plan))
     try:
@@ -290,9 +313,12 @@ def _run_logged(
     from csrgan.sweep.progress import ProgressCallback, SweepProgress
 
     cfg, say = plan.cfg, view.event
-    slots = _start_cluster(plan, address, num_cpus)
+    fit = _start_cluster(plan, address, num_cpus)
+    slots = fit.slots
     ray_out.capture_workers()  # from here on, what trials print goes to the log (csrgan's lines are shown)
     _say_cluster(address, slots, say)
+    if fit.message:  # an autoscaling cluster: what it may add, or what the sweep waits for
+        say(fit.message)
     metric, mode = plan.metric
     progress = SweepProgress(view, metric, mode, total=plan.n_trials, slots=slots, iters=cfg.sr.gan.iters)
     progress.t0 = t0  # elapsed times count from the command's start
@@ -317,19 +343,11 @@ def _run_logged(
 
 
 def _say_cluster(address: str | None, slots: int, say: Echo) -> None:
-    """What Ray is running on (Ray's own lines about it are in the log)."""
-    import ray
+    """Which cluster the sweep runs on: address, nodes, CPUs/GPUs, Ray version, dashboard (Ray's own
+    lines about it are in the log)."""
+    from csrgan.cluster.where import describe_cluster
 
-    res = ray.cluster_resources()
-    size = f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
-    try:
-        from ray._private.worker import get_dashboard_url
-
-        dashboard = f"; dashboard http://{get_dashboard_url()}" if get_dashboard_url() else ""
-    except Exception:  # noqa: BLE001 - only for a message
-        dashboard = ""
-    where = f"Connecting to existing Ray cluster {address}" if address else "Started a local Ray cluster"
-    say(f"{where}: {size}; up to {slots} at once{dashboard}")
+    say(f"{describe_cluster(address).line()}; up to {slots} at once")
 
 
 def _build_demo(cfg: ExperimentConfig) -> None:
@@ -346,32 +364,52 @@ def _discard_unstarted(layout: SweepLayout) -> None:
     """Remove the Tune state of a sweep none of whose trials started (no trial folder, no row)."""
     import shutil
 
+    if layout.remote is not None:
+        names = layout.remote.listing(layout.sweep)
+        if not any(n.startswith(f"{layout.rel(layout.trials)}/") or n.endswith(".parquet") for n in names):
+            layout.remote.delete(layout.rel(layout.tune))
+        return
     started = layout.trials.is_dir() and any(layout.trials.iterdir())
     rows = any(layout.results.glob("*.parquet")) or any(layout.results.glob("*/*.parquet"))
     if not started and not rows and layout.tune.exists():
         shutil.rmtree(layout.tune, ignore_errors=True)
 
 
-def _start_cluster(plan: SweepPlan, address: str | None, num_cpus: int | None) -> int:
-    """Join or start Ray, check the storage is shared and one trial fits; returns the parallel slots."""
+def _start_cluster(plan: SweepPlan, address: str | None, num_cpus: int | None) -> Fit:
+    """Join or start Ray, check the storage is shared and one trial fits (on a joined cluster, counting
+    the node types its autoscaler may launch); returns the parallel slots and what to tell the user."""
+    import dataclasses
+
     import ray
 
     from csrgan.cluster import connect_error_hint
     from csrgan.cluster import storage as shared
+    from csrgan.cluster.capacity import CapacityError, cluster_capacity, trial_fit
+    from csrgan.cluster.jobs import ClusterError
+    from csrgan.cluster.where import prepare_join
     from csrgan.train.ray_train import ensure_ray
 
+    try:  # `auto` with several clusters on this machine, or a refused token: say so now, not after 20 s
+        join = prepare_join(address) if address is not None else None
+    except ClusterError as exc:
+        raise SweepError(str(exc)) from None
     try:
-        ensure_ray(address=address, num_cpus=num_cpus)
+        ensure_ray(address=join, num_cpus=num_cpus)
     except (ConnectionError, RuntimeError) as exc:
         if address is None:
             raise
         raise SweepError(connect_error_hint(address, exc)) from None
     try:
-        shared.check_shared_storage(plan.layout.root)  # multi-node: every node must see the storage folder
+        if plan.layout.remote is None:  # an object store is shared; a folder must be seen by every node
+            shared.check_shared_storage(plan.layout.root)
     except StorageError as exc:
         raise SweepError(str(exc)) from None
-    slots = check_fits(plan.cfg, ray.cluster_resources())
-    return min(slots, plan.cfg.resources.max_concurrent_trials or slots)
+    try:  # the embedded cluster has no autoscaler: what is up is all there is
+        fit = trial_fit(plan.cfg, cluster_capacity() if address is not None else ray.cluster_resources())
+    except CapacityError as exc:
+        raise SweepError(str(exc)) from None
+    cap = plan.cfg.resources.max_concurrent_trials
+    return dataclasses.replace(fit, slots=min(fit.slots, cap or fit.slots))
 
 
 def _tuner(plan: SweepPlan, slots: int, echo: Echo, baseline: dict[str, float]) -> Any:
@@ -379,16 +417,23 @@ def _tuner(plan: SweepPlan, slots: int, echo: Echo, baseline: dict[str, float]) 
     from ray import tune
 
     from csrgan.sweep.progress import ProgressCallback
+    from csrgan.sweep.study import journal_callbacks, pull_journal
 
     cfg = plan.cfg
     runtime = SweepRuntime(
         cfg.model_dump(mode="json"), plan.layout, git_commit(), _param_names(cfg), dict(baseline)
     )
     trainable = tune.with_resources(tune.with_parameters(run_trial, runtime=runtime), trial_resources(cfg))
+    tune_path, filesystem = _tune_storage(plan.layout)
     if plan.resume:
         echo("resuming: finished trials are kept; unfinished ones continue from their checkpoints")
+        pull_journal(plan.layout)
         return tune.Tuner.restore(
-            str(plan.layout.tune), trainable=trainable, resume_unfinished=True, resume_errored=True
+            f"{tune_path}/{plan.layout.tune.name}",
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=filesystem,
         )
     metric, mode = plan.metric
     optuna = cfg.search is not None and cfg.search.method == "optuna"
@@ -405,12 +450,25 @@ def _tuner(plan: SweepPlan, slots: int, echo: Echo, baseline: dict[str, float]) 
         ),
         run_config=tune.RunConfig(
             name=plan.layout.tune.name,
-            storage_path=str(plan.layout.results),
-            callbacks=[ProgressCallback(metric=metric, mode=mode, total=plan.n_trials)],
+            storage_path=tune_path,
+            storage_filesystem=filesystem,
+            callbacks=[
+                ProgressCallback(metric=metric, mode=mode, total=plan.n_trials),
+                *journal_callbacks(plan.layout, optuna),
+            ],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=1),
         ),
     )
+
+
+def _tune_storage(layout: SweepLayout) -> tuple[str, Any]:
+    """Tune's ``storage_path`` and ``storage_filesystem``: the results folder, or on object storage the
+    store itself (Tune writes its experiment state there through pyarrow)."""
+    if layout.remote is None:
+        return str(layout.results), None
+    fs, _ = layout.remote.fs()
+    return layout.remote.path(layout.sweep), fs
 
 
 def _param_names(cfg: ExperimentConfig) -> tuple[str, ...]:
@@ -458,8 +516,9 @@ def _search_alg(plan: SweepPlan) -> Any:
     the last evaluation of every test set (:class:`csrgan.sweep.recorder.TrialReporter`), so a trial's
     final result holds all objectives; one that diverged before its first evaluation holds none, and
     Optuna records it as failed."""
-    import optuna
     from ray.tune.search.optuna import OptunaSearch
+
+    from csrgan.sweep.study import study_storage
 
     s = plan.cfg.search
     assert s is not None
@@ -471,7 +530,7 @@ def _search_alg(plan: SweepPlan) -> Any:
         mode=modes if several else modes[0],
         sampler=_sampler(s),
         study_name=plan.cfg.name,
-        storage=optuna.storages.RDBStorage(plan.layout.optuna_url),
+        storage=study_storage(plan.layout),
     )
 
 
@@ -512,6 +571,7 @@ def _build_cyclegan_task(cfg_json: dict[str, Any], layout: SweepLayout) -> str:
     from csrgan.train.degradation import PoorStageError
 
     cfg = validate_config(cfg_json)
+    layout = layout.here()  # object storage: this node's mirror
     try:
         out = build_shared_stages(cfg, layout, built_by="driver", only=("cyclegan",), notify=_task_line)
     except PoorStageError as exc:
@@ -654,8 +714,10 @@ def finish_sweep(plan: SweepPlan, grid: Any, t0: float, interrupted: bool) -> Sw
     """
     from csrgan.results import ResultsStore
 
-    store = ResultsStore(str(plan.layout.root), plan.cfg.name)
-    outcome = SweepOutcome(results_dir=plan.layout.results, wall_s=time.time() - t0)
+    store = ResultsStore(plan.layout.results_root, plan.cfg.name)
+    outcome = SweepOutcome(
+        results_dir=plan.layout.results, wall_s=time.time() - t0, results_uri=plan.layout.results_uri
+    )
     train_s, outcome.stage_reuse = _training_seconds(plan.layout, t0)
     for trial in getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []:
         tid = trial.trial_id
@@ -713,19 +775,40 @@ def _training_seconds(layout: SweepLayout, t0: float) -> tuple[float, dict[str, 
     stages the driver's tasks built), and how many trials reused each stage artefact."""
     total = 0.0
     reuse: dict[str, int] = {}
-    for f in layout.trials.glob("*/timing.json"):
-        if f.stat().st_mtime < t0:
-            continue
-        t = json.loads(f.read_text())
+
+    def is_timing(n: str) -> bool:
+        return n.count("/") == 1 and n.endswith("/timing.json")
+
+    def is_info(n: str) -> bool:
+        return n.startswith("cyclegan-") and n.count("/") == 1 and n.endswith("/stage.json")
+
+    for t in _recent_json(layout, layout.trials, is_timing, t0):
         total += float(t.get("gan_s", 0.0)) + sum(t.get("stages_built_s", {}).values())
         for name in t.get("stages_reused", []):
             reuse[name] = reuse.get(name, 0) + 1
-    for info_path in layout.stages.glob("cyclegan-*/stage.json"):
-        info = json.loads(info_path.read_text())
-        recent = info_path.stat().st_mtime >= t0
-        if recent and info.get("status") == "finished" and info.get("built_by") == "driver":
+    for info in _recent_json(layout, layout.stages, is_info, t0):
+        if info.get("status") == "finished" and info.get("built_by") == "driver":
             total += float(info.get("wall_s", 0.0))
     return total, reuse
+
+
+def _recent_json(
+    layout: SweepLayout, folder: Path, wanted: Callable[[str], bool], t0: float
+) -> list[dict[str, Any]]:
+    """The JSON files under ``folder`` whose relative name is ``wanted``, written since ``t0``: from the
+    store on object storage (the driver's mirror does not hold what trials wrote), else from the folder."""
+    out = []
+    if layout.remote is not None:
+        rel = layout.rel(folder)
+        for name, (_, mtime) in layout.remote.listing(rel).items():
+            data = layout.remote.read_bytes(f"{rel}/{name}") if wanted(name) and mtime >= t0 else None
+            if data is not None:
+                out.append(json.loads(data))
+        return out
+    for f in sorted(folder.glob("*/*.json")) if folder.is_dir() else []:
+        if wanted(f.relative_to(folder).as_posix()) and f.stat().st_mtime >= t0:
+            out.append(json.loads(f.read_text()))
+    return out
 
 
 def _records(df: Any) -> list[dict[str, Any]]:
@@ -738,7 +821,13 @@ def _records(df: Any) -> list[dict[str, Any]]:
 
 
 def _write_meta(plan: SweepPlan, started: bool, outcome: SweepOutcome | None = None) -> None:
-    path = plan.layout.meta
+    layout = plan.layout
+    path = layout.meta
+    if started and layout.remote is not None:  # the store's copy is the truth (resume on a new mirror)
+        data = layout.remote.read_bytes(layout.rel(path))
+        if data is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
     meta: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     if started:
         run = {"started_at": datetime.now(UTC).isoformat(timespec="seconds"), "argv": sys.argv}
@@ -760,6 +849,8 @@ def _write_meta(plan: SweepPlan, started: bool, outcome: SweepOutcome | None = N
     tmp = path.with_name("._sweep.json.tmp")
     tmp.write_text(json.dumps(meta, indent=2, default=str))
     tmp.replace(path)
+    if layout.remote is not None:
+        layout.remote.write_bytes(layout.rel(path), path.read_bytes())
 
 
 __all__ = [

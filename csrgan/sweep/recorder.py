@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -192,10 +192,12 @@ class TrialRows:
     phase: str = "gan"
     files: dict[str, RunFiles] = field(default_factory=dict)
     baseline: dict[str, float] = field(default_factory=dict)
+    #: called after every report (object storage: :class:`csrgan.storage.remote.FolderSync` of the run)
+    after_report: Callable[[], Any] | None = None
 
     def recorder(self) -> TrialRecorder:
         """A recorder holding the rows already on disk."""
-        store = ResultsStore(str(self.layout.root), self.layout.sweep)
+        store = ResultsStore(self.layout.results_root, self.layout.sweep)
         return TrialRecorder(
             store,
             self.trial_id,
@@ -207,7 +209,7 @@ class TrialRows:
         )
 
     def __call__(self) -> TrialReporter:
-        return TrialReporter(self.recorder(), self.phase)
+        return TrialReporter(self.recorder(), self.phase, self.after_report)
 
 
 class TrialReporter:
@@ -215,8 +217,10 @@ class TrialReporter:
     the last evaluation's metrics forward into every later report, so the scheduler and the searcher
     always see the sweep's metric."""
 
-    def __init__(self, recorder: TrialRecorder, phase: str) -> None:
-        self.recorder, self.phase = recorder, phase
+    def __init__(
+        self, recorder: TrialRecorder, phase: str, after_report: Callable[[], Any] | None = None
+    ) -> None:
+        self.recorder, self.phase, self.after_report = recorder, phase, after_report
         self.last_eval: dict[str, Any] = {}
 
     def resumed(self, step: int) -> None:
@@ -228,6 +232,8 @@ class TrialReporter:
             self.last_eval = {k: v for k, v in out.items() if _is_eval_key(k)}
         for k, v in self.last_eval.items():
             out.setdefault(k, v)
+        if self.after_report is not None:
+            self.after_report()
         return out
 
 

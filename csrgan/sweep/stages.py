@@ -8,7 +8,14 @@ of each, come from the stage table (:mod:`csrgan.train.stages`); each lives in
 
     stage.json        key, stage, status, final metrics, config excerpt, timings, csrgan version,
                       and for the degradation stage its quality-gate verdict (``quality``)
-    .lock             a file lock: one builder per key, others wait and then reuse
+    .lock             a file lock: one builder per key, others wait and then reuse (folder storage)
+    .lease            the same on object storage: a lease object written with conditional writes
+                      (:mod:`csrgan.storage.lease`), renewed while the build runs, taken over when stale
+
+On object storage (``layout.remote``) the store is the truth and each process works in its node's mirror
+(:mod:`csrgan.storage.remote`): a finished stage is pulled (without its checkpoints) before use; a builder
+pulls whatever an earlier builder left (its checkpoints: the build resumes), pushes its checkpoints at every
+lease heartbeat, and publishes ``final/`` before the ``stage.json`` that says ``finished``.
 
 A build runs where the caller runs it (a trial process, a Ray task), through the launcher. Each
 reuse, wait, build (with its progress at every report) and result is announced as one line,
@@ -19,11 +26,12 @@ the stage's folder name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,10 +41,12 @@ from filelock import FileLock, Timeout
 
 from csrgan import __version__
 from csrgan.config import ExperimentConfig
-from csrgan.storage import STAGES_DIR, SweepLayout
+from csrgan.storage import STAGES_DIR, Remote, SweepLayout
 from csrgan.sweep.logs import stage_message
+from csrgan.train.context import CHECKPOINTS_DIR
 from csrgan.train.degradation import PoorStageError, judge_stage, require_usable
 from csrgan.train.launch import inside_ray_task, launch
+from csrgan.train.loop import FINAL_DIR
 from csrgan.train.stages import get_stage
 
 __all__ = [
@@ -56,11 +66,19 @@ class StageDivergedError(RuntimeError):
     """A shared stage produced non-finite losses: every trial that depends on it is ``diverged``."""
 
 
+#: Seconds a stage-build lease lives without a renewal before a waiter may take the build over; the
+#: holder renews every third of it. Long enough for a loaded machine's pauses, short enough that a
+#: killed builder's stage is picked up within a minute.
+LEASE_TTL_S = 60.0
+
+
 @dataclass(frozen=True)
 class StageRef:
     stage: str
     key: str
     dir: Path
+    remote: Remote | None = None  # object storage: the store, with ``rel`` the stage folder's key prefix
+    rel: str = ""
 
     @property
     def id(self) -> str:
@@ -76,14 +94,32 @@ class StageRef:
         return self.dir / "stage.json"
 
     def info(self) -> dict[str, Any] | None:
+        """``stage.json``: on object storage the store's copy (the truth), else the file."""
         try:
+            if self.remote is not None:
+                data = self.remote.read_bytes(f"{self.rel}/stage.json")
+                return None if data is None else json.loads(data)
             return json.loads(self.info_path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
+    def fetch(self) -> None:
+        """Object storage: bring the finished stage (all but its checkpoints) into this process's mirror."""
+        if self.remote is not None:
+            self.remote.pull(self.rel, self.dir, skip=(CHECKPOINTS,))
+
+    def publish(self, skip: tuple[str, ...] = (), seen: dict[str, tuple[int, int]] | None = None) -> None:
+        """Object storage: upload the stage folder but ``stage.json``, which only :func:`_write_info`
+        writes (after this), so the store's marker never names files that are not there yet."""
+        if self.remote is not None:
+            self.remote.push(
+                self.dir, self.rel, skip=(*skip, ".lock", "stage.json"), seen=seen, mirror_deletes=CHECKPOINTS
+            )
+
     def is_done(self) -> bool:
         info = self.info()
-        return bool(info) and info.get("status") == "finished" and self.final.is_dir()
+        finished = bool(info) and info.get("status") == "finished"
+        return finished and (self.remote is not None or self.final.is_dir())
 
 
 @dataclass(frozen=True)
@@ -93,9 +129,13 @@ class StageOutcome:
     info: dict[str, Any]
 
 
+CHECKPOINTS = CHECKPOINTS_DIR
+
+
 def stage_ref(stage: str, cfg: ExperimentConfig, layout: SweepLayout) -> StageRef:
     key = get_stage(stage).key(cfg)
-    return StageRef(stage, key, layout.stage_dir(stage, key))
+    folder = layout.stage_dir(stage, key)
+    return StageRef(stage, key, folder, layout.remote, layout.rel(folder))
 
 
 def shared_stages(cfg: ExperimentConfig) -> tuple[str, ...]:
@@ -137,9 +177,34 @@ def ensure_stage(
 
     _raise_if_diverged(ref)
     if ref.is_done():
+        ref.fetch()
         say(f"reused ({ref.dir})")
         return StageOutcome(ref, True, ref.info() or {})
     ref.dir.mkdir(parents=True, exist_ok=True)
+    hold = _hold_remote if ref.remote is not None else _hold_local
+    with hold(ref, poll_s, say) as held:
+        try:
+            _raise_if_diverged(ref)
+            if ref.is_done():  # someone else built it while we waited
+                ref.fetch()
+                say(f"reused, built by another process while this one waited ({ref.dir})")
+                return StageOutcome(ref, True, ref.info() or {})
+            say("building")
+            outcome = _build_locked(ref, build, describe, held)
+            say(f"built in {outcome.info['wall_s']:.0f} s")
+            return outcome
+        except StageDivergedError:
+            say("DIVERGED (non-finite loss): every trial that needs it is marked diverged")
+            raise
+
+
+class StageLeaseLost(RuntimeError):
+    """Another builder took this stage over (this one stalled past the lease's expiry): nothing published."""
+
+
+@contextlib.contextmanager
+def _hold_local(ref: StageRef, poll_s: float, say: Callable[[str], None]) -> Iterator[Callable[[], None]]:
+    """Folder storage: the stage's file lock (released by the kernel if the holder dies)."""
     lock = FileLock(str(ref.dir / ".lock"), poll_interval=poll_s)
     try:
         lock.acquire(timeout=0)
@@ -147,25 +212,57 @@ def ensure_stage(
         say("waiting: another process is building it")
         lock.acquire()
     try:
-        _raise_if_diverged(ref)
-        if ref.is_done():  # someone else built it while we waited
-            say(f"reused, built by another process while this one waited ({ref.dir})")
-            return StageOutcome(ref, True, ref.info() or {})
-        say("building")
-        outcome = _build_locked(ref, build, describe)
-        say(f"built in {outcome.info['wall_s']:.0f} s")
-        return outcome
-    except StageDivergedError:
-        say("DIVERGED (non-finite loss): every trial that needs it is marked diverged")
-        raise
+        yield lambda: None
     finally:
         lock.release()
 
 
+@contextlib.contextmanager
+def _hold_remote(ref: StageRef, poll_s: float, say: Callable[[str], None]) -> Iterator[Callable[[], None]]:
+    """Object storage: the stage's lease (:mod:`csrgan.storage.lease`). While it is held, the heartbeat
+    renews it and uploads the build's checkpoints; the yielded check raises :class:`StageLeaseLost` when
+    another builder has taken over, so a stalled builder never publishes over the new one."""
+    from csrgan.storage.lease import acquire, lease_store
+
+    assert ref.remote is not None
+    told: list[bool] = []
+
+    def waiting(info: Any) -> None:
+        if not told:
+            told.append(True)
+            who = getattr(info, "owner", "another process")
+            say(f"waiting: {who} is building it (lease {ref.rel}/.lease)")
+
+    lease = acquire(lease_store(ref.remote.uri), f"{ref.rel}/.lease", LEASE_TTL_S, poll_s, waiting)
+    seen: dict[str, tuple[int, int]] = {}
+    try:
+        ref.remote.pull(ref.rel, ref.dir)  # an earlier builder's checkpoints: this build resumes from them
+
+        def beat() -> None:  # a failed upload is retried at the next beat; the lease itself is renewed
+            try:
+                ref.publish(skip=(FINAL_DIR,), seen=seen)
+            except Exception as exc:  # noqa: BLE001 - reported, never fatal to the build
+                say(f"could not upload checkpoints ({type(exc).__name__}: {exc}); retrying at the next beat")
+
+        lease.start_heartbeat(on_beat=lambda _lease: beat())
+
+        def still_held() -> None:
+            if lease.lost:
+                raise StageLeaseLost(f"stage {ref.id}: another builder took over the lease; not publishing")
+
+        yield still_held
+    finally:
+        lease.release()
+
+
 def _build_locked(
-    ref: StageRef, build: Callable[[Path], dict[str, Any]], describe: dict[str, Any] | None
+    ref: StageRef,
+    build: Callable[[Path], dict[str, Any]],
+    describe: dict[str, Any] | None,
+    still_held: Callable[[], None] = lambda: None,
 ) -> StageOutcome:
-    """Build the stage (the caller holds its lock) and write its ``stage.json``."""
+    """Build the stage (the caller holds its lock or lease) and write its ``stage.json``; on object
+    storage, publish the folder before the ``finished`` marker."""
     t0 = time.time()
     _write_info(ref, {"status": "running", "started_at": _now(), "pid": os.getpid(), **(describe or {})})
     metrics = build(ref.dir)
@@ -176,6 +273,7 @@ def _build_locked(
         "finished_at": _now(),
         **(describe or {}),
     }
+    still_held()
     if metrics.get("diverged"):  # trainers stop without a final artefact when a loss goes non-finite
         _write_info(ref, {**done, "status": "diverged"})
         raise StageDivergedError(f"stage {ref.id} diverged; see {ref.info_path}")
@@ -187,6 +285,8 @@ def _build_locked(
         "wall_s": round(time.time() - t0, 3),
         "csrgan_version": __version__,
     }
+    ref.publish()  # everything but the marker first
+    still_held()
     _write_info(ref, info)
     return StageOutcome(ref, False, info)
 
@@ -297,9 +397,14 @@ def _raise_if_diverged(ref: StageRef) -> None:
 
 
 def _write_info(ref: StageRef, info: dict[str, Any]) -> None:
+    """Write ``stage.json`` (on object storage: also to the store, where readers look)."""
+    data = json.dumps(info, indent=2, sort_keys=True, default=str)
+    ref.dir.mkdir(parents=True, exist_ok=True)
     tmp = ref.info_path.with_name(".stage.json.tmp")
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+    tmp.write_text(data)
     tmp.replace(ref.info_path)
+    if ref.remote is not None:
+        ref.remote.write_bytes(f"{ref.rel}/stage.json", data.encode())
 
 
 def _now() -> str:

@@ -13,17 +13,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from csrgan.cluster.where import node_columns
 from csrgan.config import ExperimentConfig, config_hash, get_dotted, validate_config
 from csrgan.metrics import PROTOCOL
 from csrgan.results import flatten_params
 from csrgan.storage import SweepLayout
+from csrgan.storage.remote import FolderSync
 from csrgan.sweep.recorder import RunFiles, TrialRecorder, TrialRows
 from csrgan.sweep.space import TrialSpec, trial_config
 from csrgan.sweep.stages import (
@@ -107,6 +110,7 @@ def _rows(cfg: ExperimentConfig, spec: TrialSpec, runtime: SweepRuntime, trial_i
         "git_commit": runtime.git_commit,
         "protocol": PROTOCOL.id,
         "weights": "not reported",  # replaced by the trainer's provenance string on its first report
+        **node_columns(),  # the node this trial (its driver, for a worker group) runs on
         **{
             f"{s}_key": stage_ref(s, cfg, layout).key if s in needed else None
             for s in ("cyclegan", "pretrain")
@@ -200,6 +204,7 @@ def run_trial(tune_config: dict[str, Any], runtime: SweepRuntime) -> None:
     """The Tune function trainable."""
     import ray.tune
 
+    runtime = replace(runtime, layout=runtime.layout.here())  # object storage: this node's mirror
     base = runtime.base_config()
     spec = spec_from_tune_config(tune_config, base)
     cfg = trial_config(base, spec)
@@ -219,14 +224,30 @@ def run_trial(tune_config: dict[str, Any], runtime: SweepRuntime) -> None:
         recorder.flush("error")
         raise
     rows.static.update(_degradation_columns(stages))
+    out_dir = runtime.layout.trial_dir(trial_id)
+    sync = _trial_sync(runtime.layout, out_dir)
+    if sync is not None:
+        sync.pull()  # a retry or a resume, maybe on another node: continue from the store's checkpoints
+        rows = replace(rows, after_report=sync)
     recorder = rows.recorder()
     _record_pretrain_rows(recorder, stages)
-    out_dir = runtime.layout.trial_dir(trial_id)
     t_gan = time.time()
     try:
         status = _gan_phase(cfg, rows, stages, out_dir)
     except Exception:
+        if sync is not None:  # a retry resumes from what this attempt reached
+            with contextlib.suppress(Exception):
+                sync()
         rows.recorder().flush("error")
         raise
-    rows.recorder().flush(status)  # the reporter wrote the rows (here or on rank 0): set their status
     _write_timing(out_dir, stages, time.time() - t_gan)
+    if sync is not None:
+        sync()  # final/, the last checkpoint, timing.json: before the rows say finished
+    rows.recorder().flush(status)  # the reporter wrote the rows (here or on rank 0): set their status
+
+
+def _trial_sync(layout: SweepLayout, out_dir: Path) -> FolderSync | None:
+    """Object storage: the trial folder's sync with the store (None for folder storage)."""
+    if layout.remote is None:
+        return None
+    return FolderSync(layout.remote, out_dir, layout.rel(out_dir))

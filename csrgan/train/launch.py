@@ -186,10 +186,22 @@ def latest_checkpoint_of(out_dir: str | Path) -> Path | None:
     return steps[-1] if steps else None
 
 
+def _input_id(path: Path) -> str:
+    """How ``run.json`` names an input: a shared stage's artefact (``.../_stages/<stage>-<key>/final``) by
+    its path from ``_stages`` on — its folder name is its identity, wherever the storage is mounted or
+    mirrored (object storage: each node's mirror is another folder) — anything else by its full path."""
+    parts = Path(path).parts
+    if "_stages" in parts:
+        return "/".join(parts[len(parts) - 1 - parts[::-1].index("_stages") :])
+    return str(path)
+
+
 def _claim(out_dir: Path, stage: Stage, cfg: ExperimentConfig, inputs: Mapping[str, Path]) -> None:
     """Write ``run.json``, or check that the existing one describes the same run."""
-    record = {"stage": stage.name, "key": stage.key(cfg), "inputs": {k: str(v) for k, v in inputs.items()}}
+    named = {k: _input_id(v) for k, v in inputs.items()}
+    record = {"stage": stage.name, "key": stage.key(cfg), "inputs": named}
     digest = stable_hash(record)
+    before = stable_hash({**record, "inputs": {k: str(v) for k, v in inputs.items()}})  # older run.json
     path = out_dir / RUN_FILE
     if path.is_file():
         try:
@@ -198,7 +210,7 @@ def _claim(out_dir: Path, stage: Stage, cfg: ExperimentConfig, inputs: Mapping[s
             raise StageMismatchError(
                 f"{path}: not valid JSON ({exc}); delete it or use another folder"
             ) from None
-        if old.get("hash") != digest:
+        if old.get("hash") not in (digest, before):
             raise StageMismatchError(
                 f"{out_dir} holds a {old.get('stage', '?')} run of a different config (run.json hash "
                 f"{old.get('hash')}, this config {digest}); resuming would mix two experiments. Use another "

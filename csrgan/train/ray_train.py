@@ -292,7 +292,10 @@ def run_worker_group(
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=r.workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=r.workers,
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=r.placement.upper(),  # resources.placement: "PACK" | "SPREAD"
         ),
         run_config=ray.train.RunConfig(
             name=CHECKPOINTS_DIR,

@@ -340,3 +340,53 @@ def test_optuna_study_on_object_storage_is_a_journal_in_the_bucket(s3_bucket, tm
     assert sorted(t.params["sr.gan.adv_weight"] for t in done) == sorted(
         df.groupby("trial_id")["param.sr.gan.adv_weight"].first()
     )
+
+
+def test_a_builder_whose_lease_was_taken_over_publishes_nothing(s3_bucket, tmp_path: Path) -> None:
+    from csrgan.sweep import stages as S
+
+    layout = SweepLayout.of(s3_bucket.uri("st"), "x")
+    folder = layout.stage_dir("pretrain", "k3")
+    ref = S.StageRef("pretrain", "k3", folder, layout.remote, layout.rel(folder))
+    lease_key = f"st/{ref.rel}/.lease"
+
+    def build(d: Path) -> dict[str, Any]:
+        # meanwhile this builder stalled, and another one took the stage over (a new lease object)
+        s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=lease_key, Body=b'{"owner": "other:1:x"}')
+        (d / "final").mkdir(parents=True, exist_ok=True)
+        (d / "final" / "generator.pt").write_bytes(b"late")
+        return {}
+
+    with pytest.raises(S.StageLeaseLost, match="took over"):
+        S.ensure_stage(ref, build, notify=None, poll_s=0.2)
+    keys = s3_bucket.object_keys(f"st/{ref.rel}/")
+    assert f"st/{ref.rel}/final/generator.pt" not in keys  # nothing published
+    info = ref.info()
+    assert info is not None and info["status"] == "running"  # never "finished"
+    body = s3_bucket.client.get_object(Bucket=s3_bucket.name, Key=lease_key)["Body"].read()
+    assert b"other:1:x" in body  # the new holder's lease is left alone
+
+
+def test_a_long_build_keeps_its_lease_and_uploads_checkpoints_as_it_goes(
+    s3_bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from csrgan.sweep import stages as S
+
+    monkeypatch.setattr(S, "LEASE_TTL_S", 1.5)  # renewals (and uploads) every 0.5 s
+    layout = SweepLayout.of(s3_bucket.uri("st"), "x")
+    folder = layout.stage_dir("pretrain", "k4")
+    ref = S.StageRef("pretrain", "k4", folder, layout.remote, layout.rel(folder))
+    uploaded: list[bool] = []
+
+    def build(d: Path) -> dict[str, Any]:
+        (d / "checkpoints" / "step_00000001").mkdir(parents=True)
+        (d / "checkpoints" / "step_00000001" / "state.pt").write_bytes(b"one")
+        time.sleep(3.0)  # six renewals: a build many times longer than the lease's lifetime
+        uploaded.append(f"st/{ref.rel}/checkpoints/step_00000001/state.pt" in s3_bucket.object_keys("st/"))
+        (d / "final").mkdir(parents=True, exist_ok=True)
+        (d / "final" / "generator.pt").write_bytes(b"w")
+        return {}
+
+    outcome = S.ensure_stage(ref, build, notify=None, poll_s=0.2)
+    assert not outcome.reused and ref.is_done()
+    assert uploaded == [True]  # the heartbeat had uploaded the checkpoint while the build ran

@@ -106,15 +106,14 @@ class StageRef:
     def fetch(self) -> None:
         """Object storage: bring the finished stage (all but its checkpoints) into this process's mirror."""
         if self.remote is not None:
-            self.remote.pull(self.rel, self.dir, skip=(CHECKPOINTS,))
+            self.remote.pull(self.rel, self.dir, skip=(CHECKPOINTS, *LEASE_FILES))
 
     def publish(self, skip: tuple[str, ...] = (), seen: dict[str, tuple[int, int]] | None = None) -> None:
         """Object storage: upload the stage folder but ``stage.json``, which only :func:`_write_info`
         writes (after this), so the store's marker never names files that are not there yet."""
         if self.remote is not None:
-            self.remote.push(
-                self.dir, self.rel, skip=(*skip, ".lock", "stage.json"), seen=seen, mirror_deletes=CHECKPOINTS
-            )
+            skip = (*skip, *LEASE_FILES, "stage.json")
+            self.remote.push(self.dir, self.rel, skip=skip, seen=seen, mirror_deletes=CHECKPOINTS)
 
     def is_done(self) -> bool:
         info = self.info()
@@ -130,6 +129,8 @@ class StageOutcome:
 
 
 CHECKPOINTS = CHECKPOINTS_DIR
+#: The stage folder's lock and lease files: never copied between the store and a mirror.
+LEASE_FILES = (".lock", ".lease", ".lease.guard")
 
 
 def stage_ref(stage: str, cfg: ExperimentConfig, layout: SweepLayout) -> StageRef:
@@ -222,7 +223,7 @@ def _hold_remote(ref: StageRef, poll_s: float, say: Callable[[str], None]) -> It
     """Object storage: the stage's lease (:mod:`csrgan.storage.lease`). While it is held, the heartbeat
     renews it and uploads the build's checkpoints; the yielded check raises :class:`StageLeaseLost` when
     another builder has taken over, so a stalled builder never publishes over the new one."""
-    from csrgan.storage.lease import acquire, lease_store
+    from csrgan.storage.lease import LeaseLostError, acquire, lease_store
 
     assert ref.remote is not None
     told: list[bool] = []
@@ -236,7 +237,9 @@ def _hold_remote(ref: StageRef, poll_s: float, say: Callable[[str], None]) -> It
     lease = acquire(lease_store(ref.remote.uri), f"{ref.rel}/.lease", LEASE_TTL_S, poll_s, waiting)
     seen: dict[str, tuple[int, int]] = {}
     try:
-        ref.remote.pull(ref.rel, ref.dir)  # an earlier builder's checkpoints: this build resumes from them
+        # an earlier builder's checkpoints: this build resumes from them (never the lease: only the lease
+        # module writes it, conditionally)
+        ref.remote.pull(ref.rel, ref.dir, skip=LEASE_FILES)
 
         def beat() -> None:  # a failed upload is retried at the next beat; the lease itself is renewed
             try:
@@ -246,9 +249,13 @@ def _hold_remote(ref: StageRef, poll_s: float, say: Callable[[str], None]) -> It
 
         lease.start_heartbeat(on_beat=lambda _lease: beat())
 
-        def still_held() -> None:
-            if lease.lost:
-                raise StageLeaseLost(f"stage {ref.id}: another builder took over the lease; not publishing")
+        def still_held() -> None:  # renews once more: proof that nobody took over, right before publishing
+            try:
+                lease.confirm()
+            except LeaseLostError:
+                raise StageLeaseLost(
+                    f"stage {ref.id}: another builder took over the lease; not publishing"
+                ) from None
 
         yield still_held
     finally:

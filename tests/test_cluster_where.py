@@ -312,3 +312,38 @@ def test_missing_or_wrong_token_is_refused_at_once_naming_the_variables(
     monkeypatch.delenv("RAY_AUTH_TOKEN")
     with pytest.raises(ClusterAuthError, match="RAY_AUTH_MODE=token is set but no token was found"):
         check_auth(a.gcs_address)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_csrgan_sweep_refuses_ambiguous_auto_and_a_missing_token_before_any_trial(
+    clusters: tuple[LocalCluster, LocalCluster], tmp_path: Path
+) -> None:
+    """The user's command, end to end: exit 2 with the reason, nothing trained, no Tune state."""
+    import yaml
+    from tiny_experiment import tiny
+
+    a, b = clusters
+    demo = tmp_path / "demo"
+    from csrgan.data.demo import build_demo
+
+    build_demo(demo, seed=0)
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(yaml.safe_dump(tiny("where", tmp_path / "results", demo)))
+    base = {k: v for k, v in a.run_env().items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env = {**base, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "csrgan.cli.app", "sweep", str(cfg), "--address"]
+
+    auto = subprocess.run([*cmd, "auto"], env=env, capture_output=True, text=True, timeout=180)
+    assert auto.returncode == 2, auto.stdout[-2000:] + auto.stderr[-2000:]
+    said = auto.stdout + auto.stderr
+    assert "--address auto is ambiguous" in said and a.gcs_address in said and b.gcs_address in said
+
+    t0 = time.monotonic()
+    token = subprocess.run([*cmd, a.gcs_address], env=env, capture_output=True, text=True, timeout=180)
+    took = time.monotonic() - t0
+    said = token.stdout + token.stderr
+    assert token.returncode == 2, said[-3000:]
+    assert "requires token authentication" in said and all(v in said for v in TOKEN_VARS)
+    assert took < 60, f"took {took:.0f} s"  # the command's own start-up included; Ray alone retries 20 s
+    assert not (tmp_path / "results" / "where" / "_tune").exists()

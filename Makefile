@@ -24,7 +24,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check csrgan tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25  # the 25 slowest tests, to keep CI under ~30 min
 
 bench: setup
 	$(BIN)/python benchmarks/train_step.py --size cpu-small

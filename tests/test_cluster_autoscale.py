@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from csrgan.cluster.local import free_ports, session_tree  # stdlib only: light to import
 
 try:  # only ray and the standard library here: the autoscaler process imports this module
     from ray.autoscaler._private.fake_multi_node.node_provider import (
@@ -106,36 +107,6 @@ class LoopbackFakeProvider(FakeMultiNodeProvider):  # type: ignore[misc,valid-ty
 
 
 # ======================================================================= the autoscaling cluster
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _session_tree(sid: int) -> set[int]:
-    """The processes of session ``sid`` (``ray start`` and all it spawned, the launched nodes too)."""
-    table: dict[int, tuple[int, int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                table[int(entry)] = (int(fields[1]), int(fields[3]))
-    found = {pid for pid, (_, s) in table.items() if s == sid}
-    grew = True
-    while grew:
-        kids = {pid for pid, (ppid, _) in table.items() if ppid in found and pid not in found}
-        found |= kids
-        grew = bool(kids)
-    return found - {os.getpid()}
-
-
 class FakeAutoscalingCluster:
     """Ray's local autoscaling test cluster (what ``ray.cluster_utils.AutoscalingCluster`` builds),
     started without its ``ray stop --force`` (which would stop every Ray process on the machine): one
@@ -144,7 +115,7 @@ class FakeAutoscalingCluster:
 
     def __init__(self, root: Path, worker_types: dict[str, dict[str, Any]], head_cpus: int = 0) -> None:
         self.root, self.head_cpus = root, head_cpus
-        self.gcs_port, self.dashboard_port, self.client_port, self.agent_port = _free_ports(4)
+        self.gcs_port, self.dashboard_port, self.client_port, self.agent_port = free_ports(4)
         self.sid: int | None = None
         types = {"ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0}}
         types.update(worker_types)
@@ -225,7 +196,7 @@ class FakeAutoscalingCluster:
             raise RuntimeError(f"`ray start` failed ({rc}):\n{log.read_text()[-3000:]}")
 
     def pids(self) -> set[int]:
-        return _session_tree(self.sid) if self.sid is not None else set()
+        return session_tree([self.sid]) if self.sid is not None else set()
 
     def stop(self) -> None:
         for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 1.0), (signal.SIGKILL, 1.0)):

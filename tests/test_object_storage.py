@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
-from tiny_experiment import tiny
+from tiny_experiment import tiny, wait_for
 
 from csrgan.config import validate_config
 from csrgan.storage import SweepLayout, check_storage
@@ -259,7 +259,7 @@ def test_s3_sweep_killed_and_resumed_writes_the_rows_of_a_local_sweep(s3_bucket,
     try:
         p = start()
         procs.append(p)
-        _wait_for(lambda: rows_past(20), 300, "a running trial past step 20 on s3", p)
+        wait_for(lambda: rows_past(20), 300, "a running trial past step 20 on s3", p)
         os.kill(p.pid, signal.SIGKILL)
         p.wait(timeout=30)
         with contextlib.suppress(ProcessLookupError):
@@ -285,16 +285,6 @@ def test_s3_sweep_killed_and_resumed_writes_the_rows_of_a_local_sweep(s3_bucket,
     assert any(k.startswith("store/obj/_tune/") for k in keys)
     assert "store/obj/_sweep.json" in keys
 
-
-def _wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if pred():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"driver exited ({proc.returncode}) before: {what}\n{proc.stdout.read()}")
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
 
 
 @pytest.mark.ray

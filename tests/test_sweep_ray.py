@@ -17,14 +17,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import yaml
-from tiny_experiment import tiny
+from tiny_experiment import tiny, wait_for
 
 from csrgan.config import validate_config
 from csrgan.data.layout import resolve_data
@@ -252,17 +251,6 @@ def test_optuna_sweep_keeps_its_study(tmp_path: Path, demo_dir: Path) -> None:
     assert len(done) == 3 and all(t.value is not None for t in done)
 
 
-def _wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if pred():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"driver exited ({proc.returncode}) before: {what}\n{proc.stdout.read()}")
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
-
-
 def _statuses(folder: Path) -> dict[str, str]:
     out = {}
     for f in folder.glob("trial-*.parquet"):
@@ -313,7 +301,7 @@ def test_interrupt_and_kill_then_resume_lose_nothing(tmp_path: Path, demo_dir: P
         # 1. Ctrl-C once the first trial finished: exit code 3 and the resume command.
         p = start()
         procs.append(p)
-        _wait_for(lambda: "finished" in _statuses(folder).values(), 240, "a finished trial", p)
+        wait_for(lambda: "finished" in _statuses(folder).values(), 240, "a finished trial", p)
         p.send_signal(signal.SIGINT)
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 3, out
@@ -324,7 +312,7 @@ def test_interrupt_and_kill_then_resume_lose_nothing(tmp_path: Path, demo_dir: P
         # 2. Resume, then kill -9 the driver while a later trial is mid-way (it has checkpoints).
         p = start("--resume")
         procs.append(p)
-        _wait_for(
+        wait_for(
             lambda: any(
                 s == "running" and (pd.read_parquet(folder / f"{t}.parquet").step >= 20).any()
                 for t, s in _statuses(folder).items()

@@ -1,10 +1,14 @@
 """The tiny experiment that Ray-level tests run (sweeps, cluster): tiny models on the demo data.
 
-Shared by tests/test_sweep_ray.py and tests/test_cluster.py (import it like ``http_server``).
+Shared by tests/test_sweep_ray.py, tests/test_cluster.py and tests/test_object_storage.py (import it like
+``http_server``), with :func:`wait_for`, the polling helper of the tests that drive ``csrgan sweep``.
 """
 
 from __future__ import annotations
 
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +57,19 @@ def tiny(name: str, storage: Path, demo: Path, **sections: Any) -> dict[str, Any
         merge = isinstance(value, dict) and isinstance(cfg.get(key), dict)
         cfg[key] = {**cfg[key], **value} if merge else value
     return cfg
+
+
+def wait_for(
+    pred: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None
+) -> None:
+    """Poll ``pred`` until it holds; fail with ``what`` after ``timeout`` s, or at once (with its output)
+    when the driver process ``proc`` exits first."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if pred():
+            return
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise AssertionError(f"driver exited ({proc.returncode}) before: {what}\n{out}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for: {what}")

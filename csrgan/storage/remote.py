@@ -25,6 +25,7 @@ S3-compatible servers; credentials come from the usual AWS / Google environment 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Iterable
@@ -51,6 +52,17 @@ def mirror_base(uri: str) -> Path:
     return root / digest
 
 
+@functools.lru_cache(maxsize=32)
+def _filesystem(uri: str) -> tuple[Any, str]:
+    """One pyarrow filesystem per URI and process (building one resolves credentials and the region:
+    not something to repeat for every object a sync reads or writes). pyarrow filesystems are
+    thread-safe, so the lease heartbeat's uploads may share it."""
+    import pyarrow.fs as pafs
+
+    fs, base = pafs.FileSystem.from_uri(uri)
+    return fs, base.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Remote:
     """An object-store folder (``uri``) and the file operations the sweep needs on it.
@@ -64,10 +76,7 @@ class Remote:
     # ---- locations
     def fs(self) -> tuple[Any, str]:
         """(pyarrow filesystem, base path inside it) — what Ray Tune's ``storage_filesystem`` wants."""
-        import pyarrow.fs as pafs
-
-        fs, base = pafs.FileSystem.from_uri(self.uri)
-        return fs, base.rstrip("/")
+        return _filesystem(self.uri)
 
     def child(self, rel: str) -> str:
         """The URI of ``rel`` under this folder (the query, if any, stays at the end)."""
